@@ -1,0 +1,126 @@
+//! The operator contract every node kind (built-in or custom) implements, and
+//! the elements that flow between operators.
+//!
+//! Operators are synchronous and batch-at-a-time: the task runtime pulls an
+//! element from the input, passes it down the chain, and sends whatever the
+//! chain emitted to the outputs (where backpressure waits happen). An operator
+//! never blocks and never does per-row dynamic dispatch.
+
+use arrow::record_batch::RecordBatch;
+use std::time::Duration;
+
+/// What flows along an edge: data, and control events in-band with it.
+#[derive(Clone, Debug)]
+pub enum Element {
+    Batch(RecordBatch),
+    /// Event time has reached this instant (ms since epoch): no later record
+    /// will carry an earlier timestamp (modulo allowed lateness).
+    Watermark(i64),
+    /// The producer has no more input.
+    EndOfStream,
+}
+
+/// The emitted elements of one step of an operator.
+#[derive(Default, Debug)]
+pub struct Collector {
+    out: Vec<Element>,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn batch(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.out.push(Element::Batch(batch));
+        }
+    }
+    pub fn watermark(&mut self, wm: i64) {
+        self.out.push(Element::Watermark(wm));
+    }
+    pub fn push(&mut self, e: Element) {
+        match e {
+            Element::Batch(b) => self.batch(b),
+            other => self.out.push(other),
+        }
+    }
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Element> {
+        self.out.drain(..)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+}
+
+/// An operator's error: its class says whether a restart can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OperatorError {
+    pub class: crate::error::FailureClass,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl OperatorError {
+    pub fn new(class: crate::error::FailureClass, message: impl Into<String>) -> Self {
+        OperatorError { class, message: message.into(), source: None }
+    }
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+}
+
+pub type Result<T, E = OperatorError> = std::result::Result<T, E>;
+
+/// Counters an operator keeps about itself (beyond records in/out, which the
+/// runtime counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperatorMetrics {
+    /// Records dropped because their window had already fired.
+    pub late_records_dropped: u64,
+}
+
+/// A transformation or sink: batches in, batches out.
+pub trait Operator: Send {
+    /// A batch arrived. Emit zero or more batches.
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
+
+    /// The input's watermark advanced. Operators that hold data by event time
+    /// fire what the watermark completes, then forward it.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        out.watermark(watermark);
+        Ok(())
+    }
+
+    /// The input ended; flush everything (sinks close their files here). The
+    /// runtime forwards the end of stream itself.
+    fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> OperatorMetrics {
+        OperatorMetrics::default()
+    }
+}
+
+/// What a source produced on one poll.
+#[derive(Debug)]
+pub enum SourcePoll {
+    /// Data, and optionally other elements, are in the collector.
+    Ready,
+    /// Nothing now; poll again after this long (rate limits, idle inputs).
+    Idle(Duration),
+    /// The source has ended (bounded sources only). The runtime sends the
+    /// final watermark and the end of stream.
+    Finished,
+}
+
+/// A source: produces batches on demand, never blocks.
+pub trait Source: Send {
+    fn poll(&mut self, out: &mut Collector) -> Result<SourcePoll>;
+}

@@ -1,0 +1,206 @@
+//! REST bodies under `/v1`, shared by the JobManager (which serializes them)
+//! and the client (which reads them). Field names are the public contract
+//! documented in `docs/rest.md`.
+
+use crate::error::FailureClass;
+use serde::{Deserialize, Serialize};
+
+/// A job's lifecycle state, spelled as Flink spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Accepted and waiting for slots (`status_message` says for what).
+    Created,
+    /// Tasks are deployed and running (or being deployed).
+    Running,
+    /// Every task finished (bounded jobs).
+    Finished,
+    /// A cancel was requested; tasks are stopping.
+    Cancelling,
+    Canceled,
+    Failed,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Finished | JobState::Canceled | JobState::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Created => "CREATED",
+            JobState::Running => "RUNNING",
+            JobState::Finished => "FINISHED",
+            JobState::Cancelling => "CANCELLING",
+            JobState::Canceled => "CANCELED",
+            JobState::Failed => "FAILED",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one subtask as the JobManager last heard it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    Scheduled,
+    Deploying,
+    Running,
+    Finished,
+    Canceled,
+    Failed,
+}
+
+/// `GET /v1/overview`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    pub taskmanagers: u32,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub jobs_created: u32,
+    pub jobs_running: u32,
+    pub jobs_finished: u32,
+    pub jobs_cancelled: u32,
+    pub jobs_failed: u32,
+    /// This JobManager's Raft id and whether it leads.
+    pub jobmanager_id: u64,
+    pub is_leader: bool,
+    pub version: String,
+}
+
+/// The resources of one slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KpuInfo {
+    pub vcpu_millis: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// `GET /v1/taskmanagers` items.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskManagerInfo {
+    pub id: String,
+    pub rpc_addr: String,
+    pub metrics_url: String,
+    /// `ALIVE` or `LOST`.
+    pub state: String,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub kpu: KpuInfo,
+    pub last_heartbeat_ms_ago: u64,
+    pub rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskManagerList {
+    pub taskmanagers: Vec<TaskManagerInfo>,
+}
+
+/// `POST /v1/jobs` response (201).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub job_id: String,
+}
+
+/// `GET /v1/jobs` items.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub parallelism: u32,
+    /// RFC 3339 times.
+    pub submitted_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobSummary>,
+}
+
+/// Why a job failed: the class and the root cause chain (outermost first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailureInfo {
+    pub class: FailureClass,
+    pub message: String,
+    pub chain: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taskmanager: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<u32>,
+    pub time: String,
+}
+
+/// Live figures of one subtask.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskMetricsInfo {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Fraction of the last second spent blocked on output credit (0..1).
+    pub backpressure: f64,
+    /// Fraction of the last second spent processing (0..1).
+    pub busy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    pub late_records_dropped: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskInfo {
+    pub index: u32,
+    pub attempt: u32,
+    pub taskmanager: String,
+    pub slot: u32,
+    pub state: TaskState,
+    pub metrics: SubtaskMetricsInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VertexInfo {
+    pub id: u32,
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub parallelism: u32,
+    /// Sums over subtasks.
+    pub records_in: u64,
+    pub records_out: u64,
+    /// The highest subtask backpressure ratio (as Flink reports a vertex).
+    pub backpressure: f64,
+    pub busy: f64,
+    pub subtasks: Vec<SubtaskInfo>,
+}
+
+/// `GET /v1/jobs/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub attempt: u32,
+    pub submitted_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Why the job is in its state, in words (e.g. waiting for slots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureInfo>,
+    pub vertices: Vec<VertexInfo>,
+    pub spec: serde_json::Value,
+}

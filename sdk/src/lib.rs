@@ -5,6 +5,7 @@
 //! Features keep each user's build small: the CLI needs no DataFusion
 //! (`plan`), and only the servers need the process plumbing (`server`).
 
+pub mod bytesize;
 pub mod error;
 pub mod graph;
 pub mod ids;

@@ -1,1 +1,117 @@
-//! client
+//! A typed REST client for the JobManager's `/v1` API. Errors keep the
+//! server's error code, so the CLI can exit with the table's exit code.
+
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::rest::{JobDetail, JobList, Overview, SubmitResponse, TaskManagerList};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error body.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The server could not be reached or the answer was not readable.
+    #[error("cannot reach {url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected answer from {url}: HTTP {status}: {body}")]
+    Unexpected { url: String, status: u16, body: String },
+}
+
+impl Error {
+    /// The error-table code, when the server sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A client of one JobManager REST endpoint (e.g. `http://127.0.0.1:8081`).
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base_url: &str) -> Self {
+        let base = base_url.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Client { base, http }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn overview(&self) -> Result<Overview> {
+        self.get("/v1/overview").await
+    }
+
+    pub async fn taskmanagers(&self) -> Result<TaskManagerList> {
+        self.get("/v1/taskmanagers").await
+    }
+
+    pub async fn jobs(&self) -> Result<JobList> {
+        self.get("/v1/jobs").await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobDetail> {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// Submits a spec given as JSON or YAML text.
+    pub async fn submit(&self, spec_text: &str) -> Result<SubmitResponse> {
+        let content_type = if spec_text.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+        let url = format!("{}/v1/jobs", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(spec_text.to_string())
+            .send()
+            .await
+            .map_err(|source| Error::Transport { url: url.clone(), source })?;
+        Self::decode(url, resp).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<serde_json::Value> {
+        let url = format!("{}/v1/jobs/{id}/cancel", self.base);
+        let resp = self.http.post(&url).send().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        Self::decode(url, resp).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        Self::decode(url, resp).await
+    }
+
+    async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T> {
+        let status = resp.status();
+        let body = resp.text().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        if status.is_success() {
+            return serde_json::from_str(&body).map_err(|_| Error::Unexpected { url, status: status.as_u16(), body });
+        }
+        match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => Err(Error::Api(e.error)),
+            Err(_) if status == StatusCode::NOT_FOUND => {
+                Err(Error::Api(ApiError::new(ErrorCode::NotFound, format!("{url} not found"))))
+            }
+            Err(_) => Err(Error::Unexpected { url, status: status.as_u16(), body }),
+        }
+    }
+}

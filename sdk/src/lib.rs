@@ -25,3 +25,6 @@ pub mod client;
 pub mod server;
 
 pub use error::{ApiError, ErrorCode, FailureClass};
+
+#[cfg(feature = "cli")]
+pub mod cli;

@@ -1,0 +1,136 @@
+//! The `eddy` command line: a REST client of the JobManager (`submit`, `list`,
+//! `status`, `cancel`, `overview`, `taskmanagers`) and `eddy local`, which runs
+//! a whole cluster on this machine as separate processes.
+//!
+//! Exit codes: 0 success, 1 a local failure (unreadable file, no server), and
+//! the error table's code for errors the server reports (see `ErrorCode::exit_code`).
+
+mod local;
+mod render;
+
+use crate::client::{self, Client};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "eddy", version, about = "Eddy: distributed stream processing", propagate_version = true)]
+pub struct Cli {
+    /// The JobManager's REST URL.
+    #[arg(long, global = true, env = "EDDY_URL", default_value = "http://127.0.0.1:8081")]
+    url: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a job spec (YAML or JSON).
+    Submit {
+        /// The spec file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// List jobs.
+    List,
+    /// Show one job: state, vertices, records, backpressure.
+    Status { job_id: String },
+    /// Cancel a job.
+    Cancel { job_id: String },
+    /// Cluster overview: TaskManagers, slots, jobs.
+    Overview,
+    /// List TaskManagers.
+    Taskmanagers,
+    /// Run a JobManager and TaskManagers on this machine as separate processes.
+    Local(local::LocalArgs),
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<client::Error>()
+                .and_then(|c| c.code())
+                .map_or(1, |c| c.exit_code());
+            match e.downcast_ref::<client::Error>() {
+                Some(client::Error::Api(api)) => eprintln!("{}", render::api_error(api)),
+                _ => eprintln!("error: {e:#}"),
+            }
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.url);
+    match cli.command {
+        Command::Submit { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read the spec from standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let resp = client.submit(&text).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&resp)?);
+            } else {
+                println!("submitted job {}", resp.job_id);
+            }
+        }
+        Command::List => {
+            let jobs = client.jobs().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", render::jobs(&jobs));
+            }
+        }
+        Command::Status { job_id } => {
+            let job = client.job(&job_id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", render::job(&job));
+            }
+        }
+        Command::Cancel { job_id } => {
+            let resp = client.cancel(&job_id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&resp)?);
+            } else {
+                println!("cancelling job {job_id}");
+            }
+        }
+        Command::Overview => {
+            let o = client.overview().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                print!("{}", render::overview(&o));
+            }
+        }
+        Command::Taskmanagers => {
+            let tms = client.taskmanagers().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&tms)?);
+            } else {
+                print!("{}", render::taskmanagers(&tms));
+            }
+        }
+        Command::Local(args) => local::run(args).await?,
+    }
+    Ok(())
+}

@@ -106,6 +106,14 @@ pub trait Operator: Send {
     fn metrics(&self) -> OperatorMetrics {
         OperatorMetrics::default()
     }
+
+    /// How long the runtime should wait before feeding this operator more input
+    /// (a rate-limited sink). The wait is asynchronous: the slot's thread keeps
+    /// running its other subtasks, and the input backs up into the exchange,
+    /// which backpressures the producers.
+    fn throttle(&mut self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What a source produced on one poll.

@@ -217,7 +217,12 @@ pub struct PrintSpec {}
 /// `blackhole`: discard every row (for benchmarks).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BlackholeSpec {}
+pub struct BlackholeSpec {
+    /// Accept at most this many rows per second per subtask, to stand in for a
+    /// slow external system (backpressure tests and demos). Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_second: Option<f64>,
+}
 
 /// `file`: one file per subtask under `path` (`part-<subtask>.jsonl`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -76,6 +76,11 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
             }
             _ => {}
         }
+        if let NodeKind::Blackhole(b) = &node.kind
+            && b.rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            return Err(invalid(id, "rows_per_second", "rows_per_second must be a positive number"));
+        }
         if let NodeKind::Datagen(d) = &node.kind {
             if d.fields.is_empty() {
                 return Err(invalid(id, "fields", "datagen needs at least one field"));

@@ -1,1 +1,341 @@
-//! harness
+//! The multi-process test harness: starts real `eddy-jobmanager` and
+//! `eddy-taskmanager` processes on loopback ports (port 0 + a ready file),
+//! injects faults (SIGKILL, SIGSTOP/SIGCONT, restart), and cleans up.
+//!
+//! Binaries come from `EDDY_BIN_DIR`, else the cargo target directory this
+//! test binary was built into. Dropping a [`Cluster`] SIGKILLs its processes;
+//! `EDDY_TEST_KEEP=1` keeps the temp dirs (configs, logs, ready files) and
+//! prints where they are.
+
+use anyhow::{Context, bail};
+use eddy_sdk::client::Client;
+use eddy_sdk::rest::{JobDetail, JobState};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the built binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("EDDY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_path_buf()
+}
+
+/// Logs of the test itself (`RUST_LOG` filters).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// One process of the cluster.
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// The ready file's content from the last start.
+    pub ready: serde_json::Value,
+}
+
+impl Node {
+    fn start(name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> anyhow::Result<Node> {
+        let mut node = Node { name: name.to_string(), dir, bin, args, child: None, ready: serde_json::Value::Null };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn ready_file(&self) -> PathBuf {
+        self.dir.join("ready.json")
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let _ = std::fs::remove_file(self.ready_file());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {} (build the workspace first)", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.ready_file())
+                && let Ok(v) = serde_json::from_str(&text)
+            {
+                self.ready = v;
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{} exited during startup ({status}):\n{}", self.name, self.log_tail(30));
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready within 60s:\n{}", self.name, self.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("process not running")?;
+        kill(pid, sig).with_context(|| format!("cannot send {sig} to {}", self.name))
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP: the process stops answering but keeps its sockets.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGCONT)
+    }
+
+    /// Starts the process again with the same arguments and data directory,
+    /// on the same ports it had bound (so peers and clients find it again).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9()?;
+        for (flag, field) in [("--rest-addr", "rest_addr"), ("--rpc-addr", "rpc_addr"), ("--metrics-addr", "metrics_addr")] {
+            let bound = self.ready_str(field);
+            if bound.is_empty() {
+                continue;
+            }
+            if let Some(i) = self.args.iter().position(|a| a == flag) {
+                self.args[i + 1] = bound;
+            } else {
+                self.args.extend([flag.to_string(), bound]);
+            }
+        }
+        self.spawn()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn ready_str(&self, field: &str) -> String {
+        self.ready.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    }
+
+    /// The last lines of the node's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        format!("--- {} ---\n{}", self.name, all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// How to start a cluster.
+pub struct ClusterBuilder {
+    taskmanagers: usize,
+    slots: u32,
+    heartbeat_timeout: String,
+    kpu_memory: Option<String>,
+}
+
+impl ClusterBuilder {
+    pub fn taskmanagers(mut self, n: usize) -> Self {
+        self.taskmanagers = n;
+        self
+    }
+    pub fn slots(mut self, n: u32) -> Self {
+        self.slots = n;
+        self
+    }
+    /// How long the JobManager waits for heartbeats before a TaskManager is lost.
+    pub fn heartbeat_timeout(mut self, t: &str) -> Self {
+        self.heartbeat_timeout = t.to_string();
+        self
+    }
+    pub fn kpu_memory(mut self, m: &str) -> Self {
+        self.kpu_memory = Some(m.to_string());
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<Cluster> {
+        init_logging();
+        let dir = tempfile::Builder::new().prefix("eddy-test-").tempdir()?;
+        let bins = bin_dir();
+        let jm_dir = dir.path().join("jobmanager-1");
+        let jm = Node::start(
+            "jobmanager-1",
+            bins.join("eddy-jobmanager"),
+            vec![
+                "--id".into(),
+                "1".into(),
+                "--data-dir".into(),
+                jm_dir.display().to_string(),
+                "--rest-addr".into(),
+                "127.0.0.1:0".into(),
+                "--rpc-addr".into(),
+                "127.0.0.1:0".into(),
+                "--heartbeat-timeout".into(),
+                self.heartbeat_timeout.clone(),
+                "--ready-file".into(),
+                jm_dir.join("ready.json").display().to_string(),
+            ],
+            jm_dir,
+        )?;
+        let mut cluster = Cluster { dir: Some(dir), jm, tms: Vec::new(), slots: self.slots, kpu_memory: self.kpu_memory };
+        for _ in 0..self.taskmanagers {
+            cluster.add_taskmanager()?;
+        }
+        cluster.wait_for_taskmanagers(self.taskmanagers).await?;
+        Ok(cluster)
+    }
+}
+
+/// A running cluster of real processes.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    pub jm: Node,
+    pub tms: Vec<Node>,
+    slots: u32,
+    kpu_memory: Option<String>,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder { taskmanagers: 2, slots: 1, heartbeat_timeout: "3s".into(), kpu_memory: Some("256MiB".into()) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("the temp dir lives as long as the cluster").path()
+    }
+
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.jm.ready_str("rest_addr"))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.rest_url())
+    }
+
+    /// Starts one more TaskManager (named `taskmanager-<n>`).
+    pub fn add_taskmanager(&mut self) -> anyhow::Result<&mut Node> {
+        let i = self.tms.len();
+        let name = format!("taskmanager-{i}");
+        let dir = self.dir().join(&name);
+        let mut args = vec![
+            "--id".to_string(),
+            name.clone(),
+            "--jobmanager".into(),
+            self.jm.ready_str("rpc_addr"),
+            "--slots".into(),
+            self.slots.to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--ready-file".into(),
+            dir.join("ready.json").display().to_string(),
+        ];
+        if let Some(m) = &self.kpu_memory {
+            args.extend(["--kpu-memory".into(), m.clone()]);
+        }
+        let node = Node::start(&name, bin_dir().join("eddy-taskmanager"), args, dir)?;
+        self.tms.push(node);
+        Ok(self.tms.last_mut().expect("just pushed"))
+    }
+
+    pub async fn wait_for_taskmanagers(&self, n: usize) -> anyhow::Result<()> {
+        let client = self.client();
+        self.wait_until(Duration::from_secs(60), &format!("{n} TaskManagers registered"), || {
+            let client = client.clone();
+            async move { Ok(client.overview().await.map(|o| o.taskmanagers as usize >= n).unwrap_or(false)) }
+        })
+        .await
+    }
+
+    /// Polls `check` until it returns true; fails with every node's log tail
+    /// after `timeout` (a generous bound against hangs, not a speed assertion).
+    pub async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<bool>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for: {what}\n{}", self.log_tails(40));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the job reaches `state`; fails early if it reaches another
+    /// terminal state.
+    pub async fn wait_for_job_state(&self, job_id: &str, state: JobState, timeout: Duration) -> anyhow::Result<JobDetail> {
+        let client = self.client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match client.job(job_id).await {
+                Ok(job) if job.state == state => return Ok(job),
+                Ok(job) if job.state.is_terminal() => {
+                    bail!("job {job_id} ended {} while waiting for {state}: {:?}\n{}", job.state, job.failure, self.log_tails(40))
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                let last = client.job(job_id).await.map(|j| j.state.to_string()).unwrap_or_else(|e| e.to_string());
+                bail!("job {job_id} did not reach {state} (last: {last})\n{}", self.log_tails(40));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tails(&self, lines: usize) -> String {
+        std::iter::once(&self.jm).chain(self.tms.iter()).map(|n| n.log_tail(lines)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for tm in &mut self.tms {
+            let _ = tm.kill9();
+        }
+        let _ = self.jm.kill9();
+        if std::env::var("EDDY_TEST_KEEP").is_ok_and(|v| v == "1")
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!("EDDY_TEST_KEEP=1: cluster files kept in {}", path.display());
+        }
+    }
+}

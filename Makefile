@@ -37,7 +37,7 @@ test-cluster: build
 
 bench:
 	$(CARGO) build --release --locked --bins
-	scripts/bench.sh
+	python3 scripts/bench.py
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,405 @@
+//! The mutations of the cluster state ([`Command`]) and the deterministic
+//! function that applies them.
+//!
+//! A command that does not fit the current state (unknown job, illegal
+//! transition, stale attempt) is refused with a [`Rejection`] and changes
+//! nothing: the log may contain it, but every replica refuses it alike.
+
+use super::{ClusterState, Failure, JobRecord, Placement};
+use eddy_sdk::ids::{Attempt, JobId};
+use eddy_sdk::rest::JobState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A change to the cluster state, committed through Raft.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A new job, CREATED.
+    SubmitJob {
+        id: JobId,
+        name: String,
+        spec_json: String,
+        parallelism: u32,
+        max_parallelism: u32,
+        time_ms: i64,
+    },
+    /// Updates the words explaining a non-terminal job's state.
+    SetStatusMessage { id: JobId, message: Option<String> },
+    /// The job's subtasks were placed on slots; the job stays CREATED until
+    /// its tasks are deployed.
+    JobScheduled { id: JobId, attempt: Attempt, placements: Vec<Placement>, time_ms: i64 },
+    /// A lifecycle transition. With `attempt`, the command only applies to that
+    /// attempt (a late decision about an older attempt is refused as stale).
+    JobStateChanged {
+        id: JobId,
+        attempt: Option<Attempt>,
+        state: JobState,
+        time_ms: i64,
+        message: Option<String>,
+        failure: Option<Failure>,
+    },
+    /// A user asked to cancel the job.
+    CancelJob { id: JobId, time_ms: i64 },
+    /// A JobManager announces its REST URL (when it becomes leader).
+    SetJobManagerRestUrl { node: u64, url: String },
+}
+
+/// Why a command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionKind {
+    NotFound,
+    /// The command does not fit the job's current state.
+    Conflict,
+    /// The command is about an older attempt of the job.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub message: String,
+}
+
+/// The outcome of applying one log entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    #[default]
+    Applied,
+    Rejected(Rejection),
+}
+
+impl Response {
+    pub fn into_result(self) -> Result<(), Rejection> {
+        match self {
+            Response::Applied => Ok(()),
+            Response::Rejected(r) => Err(r),
+        }
+    }
+}
+
+fn reject(kind: RejectionKind, message: impl Into<String>) -> Response {
+    Response::Rejected(Rejection { kind, message: message.into() })
+}
+
+/// Whether a job may move from `from` to `to`.
+fn transition_allowed(from: JobState, to: JobState) -> bool {
+    use JobState::*;
+    matches!(
+        (from, to),
+        (Created, Running | Failed | Cancelling | Canceled)
+            | (Running, Finished | Failed | Cancelling)
+            | (Cancelling, Canceled)
+    )
+}
+
+impl ClusterState {
+    /// Applies one command. Deterministic: the result depends only on the
+    /// state and the command.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::SubmitJob { id, name, spec_json, parallelism, max_parallelism, time_ms } => {
+                if self.jobs.contains_key(id) {
+                    return reject(RejectionKind::Conflict, format!("job {id} already exists"));
+                }
+                self.jobs.insert(
+                    id.clone(),
+                    JobRecord {
+                        id: id.clone(),
+                        name: name.clone(),
+                        spec_json: spec_json.clone(),
+                        state: JobState::Created,
+                        parallelism: *parallelism,
+                        max_parallelism: *max_parallelism,
+                        attempt: Attempt(0),
+                        submitted_at_ms: *time_ms,
+                        start_time_ms: None,
+                        end_time_ms: None,
+                        status_message: None,
+                        failure: None,
+                        placements: Vec::new(),
+                    },
+                );
+                Response::Applied
+            }
+            Command::SetStatusMessage { id, message } => match self.live_job(id) {
+                Ok(job) => {
+                    job.status_message = message.clone();
+                    Response::Applied
+                }
+                Err(r) => r,
+            },
+            Command::JobScheduled { id, attempt, placements, .. } => self.schedule(id, *attempt, placements),
+            Command::JobStateChanged { id, attempt, state, time_ms, message, failure } => {
+                let job = match self.live_job(id) {
+                    Ok(job) => job,
+                    Err(r) => return r,
+                };
+                if let Some(attempt) = attempt
+                    && *attempt != job.attempt
+                {
+                    return reject(
+                        RejectionKind::Stale,
+                        format!("job {id} is at attempt {}, not {}", job.attempt.0, attempt.0),
+                    );
+                }
+                if !transition_allowed(job.state, *state) {
+                    return reject(RejectionKind::Conflict, format!("job {id} cannot go from {} to {state}", job.state));
+                }
+                if *state == JobState::Running && job.placements.is_empty() {
+                    return reject(RejectionKind::Conflict, format!("job {id} cannot run before it is scheduled"));
+                }
+                job.state = *state;
+                job.status_message = message.clone();
+                if *state == JobState::Running {
+                    job.start_time_ms = Some(*time_ms);
+                }
+                if state.is_terminal() {
+                    job.end_time_ms = Some(*time_ms);
+                }
+                if failure.is_some() {
+                    job.failure = failure.clone();
+                }
+                Response::Applied
+            }
+            Command::CancelJob { id, time_ms } => {
+                let job = match self.live_job(id) {
+                    Ok(job) => job,
+                    Err(r) => return r,
+                };
+                match job.state {
+                    // Nothing was deployed yet: there is nothing to stop.
+                    JobState::Created if job.placements.is_empty() => {
+                        job.state = JobState::Canceled;
+                        job.end_time_ms = Some(*time_ms);
+                        job.status_message = None;
+                    }
+                    JobState::Created | JobState::Running => {
+                        job.state = JobState::Cancelling;
+                        job.status_message = None;
+                    }
+                    // Cancelling twice is the same request.
+                    _ => {}
+                }
+                Response::Applied
+            }
+            Command::SetJobManagerRestUrl { node, url } => {
+                self.jobmanager_rest_urls.insert(*node, url.clone());
+                Response::Applied
+            }
+        }
+    }
+
+    /// The job if it exists and is not terminal.
+    fn live_job(&mut self, id: &JobId) -> Result<&mut JobRecord, Response> {
+        let job = self.jobs.get_mut(id).ok_or_else(|| reject(RejectionKind::NotFound, format!("no job {id}")))?;
+        if job.state.is_terminal() {
+            return Err(reject(RejectionKind::Conflict, format!("job {id} is already {}", job.state)));
+        }
+        Ok(job)
+    }
+
+    fn schedule(&mut self, id: &JobId, attempt: Attempt, placements: &[Placement]) -> Response {
+        // Slots of every other live job: a placement must not take one of them.
+        let mut taken: BTreeSet<(&_, _)> = BTreeSet::new();
+        for other in self.jobs.values().filter(|j| j.holds_slots() && &j.id != id) {
+            taken.extend(other.placements.iter().map(|p| (&p.tm_id, p.slot)));
+        }
+        if let Some(p) = placements.iter().find(|p| taken.contains(&(&p.tm_id, p.slot))) {
+            let message = format!("slot {} of taskmanager {} is held by another job", p.slot.0, p.tm_id);
+            return reject(RejectionKind::Conflict, message);
+        }
+        let job = match self.live_job(id) {
+            Ok(job) => job,
+            Err(r) => return r,
+        };
+        if job.state != JobState::Created {
+            return reject(RejectionKind::Conflict, format!("job {id} is {}, only a CREATED job is scheduled", job.state));
+        }
+        let newer = attempt > job.attempt || (attempt == job.attempt && job.placements.is_empty());
+        if !newer {
+            return reject(RejectionKind::Stale, format!("job {id} is at attempt {}, not {}", job.attempt.0, attempt.0));
+        }
+        if placements.is_empty() {
+            return reject(RejectionKind::Conflict, format!("job {id} cannot be scheduled on no slots"));
+        }
+        job.attempt = attempt;
+        job.placements = placements.to_vec();
+        job.status_message = None;
+        Response::Applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_sdk::FailureClass;
+    use eddy_sdk::ids::{SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
+
+    fn submit(state: &mut ClusterState, id: &str) {
+        let cmd = Command::SubmitJob {
+            id: id.into(),
+            name: "n".into(),
+            spec_json: "{}".into(),
+            parallelism: 1,
+            max_parallelism: 128,
+            time_ms: 10,
+        };
+        assert_eq!(state.apply(&cmd), Response::Applied);
+    }
+
+    fn placement(tm: &str, slot: u32) -> Placement {
+        Placement { vertex: VertexId(0), index: SubtaskIndex(0), tm_id: TaskManagerId::from(tm), slot: SlotIndex(slot) }
+    }
+
+    fn schedule(id: &str, attempt: u32, tm: &str, slot: u32) -> Command {
+        Command::JobScheduled { id: id.into(), attempt: Attempt(attempt), placements: vec![placement(tm, slot)], time_ms: 20 }
+    }
+
+    fn change(id: &str, state: JobState, time_ms: i64) -> Command {
+        Command::JobStateChanged { id: id.into(), attempt: None, state, time_ms, message: None, failure: None }
+    }
+
+    fn running(id: &str) -> ClusterState {
+        let mut s = ClusterState::default();
+        submit(&mut s, id);
+        assert_eq!(s.apply(&schedule(id, 0, "tm-a", 0)), Response::Applied);
+        assert_eq!(s.apply(&change(id, JobState::Running, 30)), Response::Applied);
+        s
+    }
+
+    fn kind(r: Response) -> Option<RejectionKind> {
+        match r {
+            Response::Applied => None,
+            Response::Rejected(r) => Some(r.kind),
+        }
+    }
+
+    #[test]
+    fn apply_submit_schedule_run_finish_records_times() {
+        let mut s = running("j");
+        assert_eq!(s.apply(&change("j", JobState::Finished, 40)), Response::Applied);
+        let job = s.job(&"j".into()).unwrap();
+        assert_eq!(job.state, JobState::Finished);
+        assert_eq!((job.submitted_at_ms, job.start_time_ms, job.end_time_ms), (10, Some(30), Some(40)));
+        assert!(s.slots_in_use().is_empty(), "a finished job holds no slots");
+    }
+
+    #[test]
+    fn apply_finished_to_running_is_refused() {
+        let mut s = running("j");
+        s.apply(&change("j", JobState::Finished, 40));
+        assert_eq!(kind(s.apply(&change("j", JobState::Running, 50))), Some(RejectionKind::Conflict));
+        assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Finished);
+    }
+
+    #[test]
+    fn apply_command_on_terminal_job_is_refused_not_panicking() {
+        let mut s = running("j");
+        s.apply(&change("j", JobState::Failed, 40));
+        for cmd in [
+            Command::CancelJob { id: "j".into(), time_ms: 50 },
+            schedule("j", 1, "tm-a", 0),
+            Command::SetStatusMessage { id: "j".into(), message: Some("x".into()) },
+        ] {
+            assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Conflict), "{cmd:?}");
+        }
+    }
+
+    #[test]
+    fn apply_unknown_job_is_not_found() {
+        let mut s = ClusterState::default();
+        assert_eq!(kind(s.apply(&change("nope", JobState::Running, 1))), Some(RejectionKind::NotFound));
+        assert_eq!(kind(s.apply(&Command::CancelJob { id: "nope".into(), time_ms: 1 })), Some(RejectionKind::NotFound));
+    }
+
+    #[test]
+    fn apply_running_without_placements_is_refused() {
+        let mut s = ClusterState::default();
+        submit(&mut s, "j");
+        assert_eq!(kind(s.apply(&change("j", JobState::Running, 1))), Some(RejectionKind::Conflict));
+    }
+
+    #[test]
+    fn apply_cancel_unscheduled_job_is_canceled_at_once() {
+        let mut s = ClusterState::default();
+        submit(&mut s, "j");
+        assert_eq!(s.apply(&Command::CancelJob { id: "j".into(), time_ms: 5 }), Response::Applied);
+        assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Canceled);
+        assert_eq!(s.job(&"j".into()).unwrap().end_time_ms, Some(5));
+    }
+
+    #[test]
+    fn apply_cancel_running_job_goes_through_cancelling() {
+        let mut s = running("j");
+        assert_eq!(s.apply(&Command::CancelJob { id: "j".into(), time_ms: 5 }), Response::Applied);
+        assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Cancelling);
+        assert_eq!(kind(s.apply(&change("j", JobState::Finished, 6))), Some(RejectionKind::Conflict));
+        assert_eq!(s.apply(&change("j", JobState::Canceled, 7)), Response::Applied);
+    }
+
+    #[test]
+    fn apply_stale_attempt_is_refused() {
+        let mut s = running("j");
+        let cmd = Command::JobStateChanged {
+            id: "j".into(),
+            attempt: Some(Attempt(3)),
+            state: JobState::Failed,
+            time_ms: 1,
+            message: None,
+            failure: None,
+        };
+        assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Stale));
+        assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn apply_schedule_on_slot_of_other_job_is_refused() {
+        let mut s = running("a");
+        submit(&mut s, "b");
+        assert_eq!(kind(s.apply(&schedule("b", 0, "tm-a", 0))), Some(RejectionKind::Conflict));
+        assert_eq!(s.apply(&schedule("b", 0, "tm-a", 1)), Response::Applied);
+        assert_eq!(s.slots_in_use()[&TaskManagerId::from("tm-a")].len(), 2);
+    }
+
+    #[test]
+    fn apply_failure_is_kept_with_class() {
+        let mut s = running("j");
+        let failure = Failure {
+            class: FailureClass::Infrastructure,
+            message: "taskmanager tm-a lost".into(),
+            chain: vec!["taskmanager tm-a lost".into()],
+            taskmanager: Some("tm-a".into()),
+            vertex: None,
+            time_ms: 9,
+        };
+        let cmd = Command::JobStateChanged {
+            id: "j".into(),
+            attempt: Some(Attempt(0)),
+            state: JobState::Failed,
+            time_ms: 9,
+            message: None,
+            failure: Some(failure.clone()),
+        };
+        assert_eq!(s.apply(&cmd), Response::Applied);
+        assert_eq!(s.job(&"j".into()).unwrap().failure, Some(failure));
+    }
+
+    #[test]
+    fn apply_duplicate_submit_is_refused() {
+        let mut s = ClusterState::default();
+        submit(&mut s, "j");
+        let cmd = Command::SubmitJob {
+            id: "j".into(),
+            name: "other".into(),
+            spec_json: "{}".into(),
+            parallelism: 1,
+            max_parallelism: 1,
+            time_ms: 1,
+        };
+        assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Conflict));
+        assert_eq!(s.job(&"j".into()).unwrap().name, "n");
+    }
+}

@@ -1,0 +1,114 @@
+//! The durable cluster state: what the Raft state machine holds and applies
+//! committed [`Command`]s to.
+//!
+//! Pure by design: no tokio, tonic, axum or redb here, and no clock: every time
+//! arrives inside the command, so every replica computes the same state from
+//! the same log. Invariants:
+//! - a terminal job (FINISHED, CANCELED, FAILED) never changes again;
+//! - a job's placements belong to its current `attempt`;
+//! - only non-terminal jobs hold slots.
+
+mod apply;
+
+pub use apply::{Command, Rejection, RejectionKind, Response};
+
+use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
+use eddy_sdk::rest::JobState;
+use eddy_sdk::FailureClass;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where one subtask of one vertex runs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Placement {
+    pub vertex: VertexId,
+    pub index: SubtaskIndex,
+    pub tm_id: TaskManagerId,
+    pub slot: SlotIndex,
+}
+
+/// Why a job failed: its class and the error chain, outermost first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: FailureClass,
+    pub message: String,
+    pub chain: Vec<String>,
+    pub taskmanager: Option<TaskManagerId>,
+    pub vertex: Option<VertexId>,
+    pub time_ms: i64,
+}
+
+/// One job as the cluster remembers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub name: String,
+    /// The job spec as JSON (`JobSpec::to_json`), sent as-is to TaskManagers.
+    pub spec_json: String,
+    pub state: JobState,
+    /// Slots the job needs (the widest vertex's parallelism).
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    /// Incremented every time the job's tasks are (re)scheduled.
+    pub attempt: Attempt,
+    pub submitted_at_ms: i64,
+    pub start_time_ms: Option<i64>,
+    pub end_time_ms: Option<i64>,
+    /// Why the job is in its state, in words (e.g. waiting for slots).
+    pub status_message: Option<String>,
+    pub failure: Option<Failure>,
+    /// Placements of the current attempt (empty until scheduled).
+    pub placements: Vec<Placement>,
+}
+
+impl JobRecord {
+    /// Whether this job holds its placements' slots.
+    pub fn holds_slots(&self) -> bool {
+        !self.state.is_terminal() && !self.placements.is_empty()
+    }
+
+    /// The TaskManagers this job's placements use.
+    pub fn taskmanagers(&self) -> BTreeSet<TaskManagerId> {
+        self.placements.iter().map(|p| p.tm_id.clone()).collect()
+    }
+}
+
+/// Everything the JobManager group agrees on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub jobs: BTreeMap<JobId, JobRecord>,
+    /// The REST URL each JobManager announced when it became leader, so a
+    /// follower can redirect writes to the leader.
+    pub jobmanager_rest_urls: BTreeMap<u64, String>,
+}
+
+impl ClusterState {
+    pub fn job(&self, id: &JobId) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    /// Slots held by non-terminal jobs, per TaskManager.
+    pub fn slots_in_use(&self) -> BTreeMap<TaskManagerId, BTreeSet<SlotIndex>> {
+        let mut out: BTreeMap<TaskManagerId, BTreeSet<SlotIndex>> = BTreeMap::new();
+        for job in self.jobs.values().filter(|j| j.holds_slots()) {
+            for p in &job.placements {
+                out.entry(p.tm_id.clone()).or_default().insert(p.slot);
+            }
+        }
+        out
+    }
+
+    /// Non-terminal jobs with a subtask on `tm`.
+    pub fn active_jobs_on(&self, tm: &TaskManagerId) -> Vec<&JobRecord> {
+        self.jobs.values().filter(|j| j.holds_slots() && j.placements.iter().any(|p| &p.tm_id == tm)).collect()
+    }
+
+    /// Number of jobs per state.
+    pub fn count_by_state(&self) -> BTreeMap<&'static str, u32> {
+        let mut out = BTreeMap::new();
+        for job in self.jobs.values() {
+            *out.entry(job.state.as_str()).or_insert(0) += 1;
+        }
+        out
+    }
+}

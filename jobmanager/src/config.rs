@@ -1,0 +1,196 @@
+//! The JobManager's configuration: checked-in defaults (`default.toml`) <
+//! config file < `EDDY_*` environment < command-line flags.
+//!
+//! Loading is two steps: deserialize the merged layers into [`Config`], then
+//! [`Config::validate`] checks what serde cannot (peer syntax, timeouts) and
+//! returns the parsed peer list. The environment is passed in so tests stay
+//! hermetic; there is no global config.
+
+use eddy_sdk::server::config as layered;
+use eddy_sdk::spec::HumanDuration;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The checked-in defaults.
+pub const DEFAULTS: &str = include_str!("../default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load configuration")]
+    Load(#[from] layered::Error),
+    #[error("invalid peer {entry:?}: {reason}; write peers as \"id=host:port\"")]
+    Peer { entry: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Configuration of one JobManager process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// This JobManager's Raft node id, unique within the group (not 0).
+    pub id: u64,
+    /// Directory of durable state: the Raft log and snapshots (`raft.redb`).
+    pub data_dir: PathBuf,
+    /// Address the REST API (and `/metrics`) binds to; port 0 picks a free port.
+    pub rest_addr: String,
+    /// Address the gRPC server binds to (TaskManager service and Raft); port 0
+    /// picks a free port.
+    pub rpc_addr: String,
+    /// The Raft group as `"id=host:port"` entries (each member's rpc-addr).
+    /// Empty means a group of one: this node.
+    pub peers: Vec<String>,
+    /// How often TaskManagers send heartbeats (sent to them at registration).
+    pub heartbeat_interval: HumanDuration,
+    /// A TaskManager without a heartbeat for this long is declared lost.
+    pub heartbeat_timeout: HumanDuration,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+/// Command-line overrides, applied over every other layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub rest_addr: Option<String>,
+    pub rpc_addr: Option<String>,
+    pub peers: Option<Vec<String>>,
+    pub heartbeat_timeout: Option<HumanDuration>,
+}
+
+impl Config {
+    /// Merges defaults, `file`, the `EDDY_*` entries of `env` and `overrides`.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>, overrides: Overrides) -> Result<Config> {
+        let mut config: Config = layered::load(DEFAULTS, file, env)?;
+        if let Some(id) = overrides.id {
+            config.id = id;
+        }
+        if let Some(dir) = overrides.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(addr) = overrides.rest_addr {
+            config.rest_addr = addr;
+        }
+        if let Some(addr) = overrides.rpc_addr {
+            config.rpc_addr = addr;
+        }
+        if let Some(peers) = overrides.peers {
+            config.peers = peers;
+        }
+        if let Some(t) = overrides.heartbeat_timeout {
+            config.heartbeat_timeout = t;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in defaults alone (used by tests, which then adjust fields).
+    pub fn defaults() -> Result<Config> {
+        let config: Config = layered::load(DEFAULTS, None, &HashMap::new())?;
+        Ok(config)
+    }
+
+    /// Checks what deserialization cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            return Err(Error::Invalid("id must not be 0".into()));
+        }
+        if self.heartbeat_interval.0.is_zero() {
+            return Err(Error::Invalid("heartbeat-interval must be positive".into()));
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(Error::Invalid(format!(
+                "heartbeat-timeout ({}) must be longer than heartbeat-interval ({})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            )));
+        }
+        self.peer_map()?;
+        Ok(())
+    }
+
+    /// The configured peers by Raft id (this node's own entry included if listed).
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, String>> {
+        let mut out = BTreeMap::new();
+        for entry in &self.peers {
+            let (id, addr) = entry
+                .split_once('=')
+                .ok_or_else(|| Error::Peer { entry: entry.clone(), reason: "missing `=`".into() })?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| Error::Peer { entry: entry.clone(), reason: "the id is not a number".into() })?;
+            let addr = addr.trim();
+            if id == 0 || addr.is_empty() || !addr.contains(':') {
+                return Err(Error::Peer { entry: entry.clone(), reason: "need a non-zero id and host:port".into() });
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(Error::Peer { entry: entry.clone(), reason: "duplicate id".into() });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_defaults_match_brief() {
+        let c = Config::load(None, &HashMap::new(), Overrides::default()).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(c.rest_addr, "127.0.0.1:8081");
+        assert_eq!(c.rpc_addr, "127.0.0.1:6123");
+        assert!(c.peers.is_empty());
+        assert_eq!(c.heartbeat_timeout.0, std::time::Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn load_flags_override_env_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jm.toml");
+        std::fs::write(&file, "id = 2\nrest-addr = \"0.0.0.0:1\"\nrpc-addr = \"0.0.0.0:2\"\n").unwrap();
+        let env = HashMap::from([
+            ("EDDY_ID".to_string(), "3".to_string()),
+            ("EDDY_PEERS".to_string(), "1=a:1,3=b:2".to_string()),
+        ]);
+        let flags = Overrides { rest_addr: Some("127.0.0.1:0".into()), ..Overrides::default() };
+        let c = Config::load(Some(&file), &env, flags).unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.rest_addr, "127.0.0.1:0");
+        assert_eq!(c.rpc_addr, "0.0.0.0:2");
+        assert_eq!(c.peer_map().unwrap(), BTreeMap::from([(1, "a:1".to_string()), (3, "b:2".to_string())]));
+    }
+
+    #[test]
+    fn load_unknown_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jm.toml");
+        std::fs::write(&file, "slots = 2\n").unwrap();
+        let err = Config::load(Some(&file), &HashMap::new(), Overrides::default()).unwrap_err();
+        assert!(matches!(err, Error::Load(_)), "{err}");
+    }
+
+    #[test]
+    fn validate_bad_peer_and_timeout_are_rejected() {
+        let mut c = Config::defaults().unwrap();
+        c.peers = vec!["x=a:1".into()];
+        assert!(matches!(c.validate(), Err(Error::Peer { .. })));
+        c.peers = vec![];
+        c.heartbeat_timeout = HumanDuration::from_millis(500);
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+    }
+}

@@ -1,0 +1,113 @@
+//! Replication of the cluster state with openraft: the type configuration,
+//! durable storage in redb (`<data-dir>/raft.redb`), the tonic network, and
+//! starting a node.
+//!
+//! On first start (no Raft state on disk) the member with the lowest id
+//! initializes the group with the configured members; on restart the state
+//! comes from the log and nothing is re-initialized.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+#[cfg(test)]
+mod store_test;
+
+use crate::cluster_state::{Command, Response};
+use openraft::{AnyError, BasicNode, SnapshotPolicy, StorageError};
+use redb::Database;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use log_store::LogStore;
+pub use network::{NetworkFactory, RaftServer};
+pub use state_machine::{Shared, StateMachine};
+
+openraft::declare_raft_types!(
+    /// Eddy's Raft types: u64 node ids, nodes addressed by their rpc-addr,
+    /// cluster-state commands as the log payload.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub(crate) type StorageResult<T> = Result<T, StorageError<u64>>;
+
+pub(crate) fn io_err<E: std::error::Error + 'static>(e: &E) -> AnyError {
+    AnyError::new(e)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the raft database {path}")]
+    Open { path: String, #[source] source: redb::Error },
+    #[error("invalid raft configuration")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft failed to start")]
+    Start(#[from] openraft::error::Fatal<u64>),
+    #[error("cannot initialize the raft group")]
+    Initialize(#[source] openraft::error::RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>),
+}
+
+/// Opens `<data_dir>/raft.redb`. In-process restarts (tests) can find the
+/// previous instance's file lock still held for a moment while its tasks wind
+/// down, so an already-open database is retried briefly.
+async fn open_db(path: &Path) -> Result<Database, Error> {
+    let mut attempts = 0;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(Error::Open { path: path.display().to_string(), source: e.into() }),
+        }
+    }
+}
+
+/// Starts this node's Raft: opens the storage in `data_dir`, and on first
+/// start initializes the group with `members` (id -> rpc-addr) if this node
+/// has the lowest id among them.
+pub async fn start(
+    node_id: u64,
+    data_dir: &Path,
+    members: BTreeMap<u64, BasicNode>,
+    shared: Arc<Shared>,
+) -> Result<Raft, Error> {
+    let path = data_dir.join("raft.redb");
+    let db = Arc::new(open_db(&path).await?);
+    let open_err = |source: redb::Error| Error::Open { path: path.display().to_string(), source };
+    let log_store = LogStore::open(db.clone()).map_err(open_err)?;
+    let sm = StateMachine::open(db, shared).map_err(open_err)?;
+    let config = openraft::Config {
+        cluster_name: "eddy-jobmanager".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()?;
+    let raft = Raft::new(node_id, Arc::new(config), NetworkFactory, log_store, sm).await?;
+    let initialized = raft.is_initialized().await?;
+    let first = members.keys().next().copied();
+    if !initialized && first == Some(node_id) {
+        tracing::info!(node_id, members = ?members.keys().collect::<Vec<_>>(), "initializing the raft group");
+        match raft.initialize(members).await {
+            Ok(()) => {}
+            // Someone else's vote or log arrived first: the group exists.
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(Error::Initialize(e)),
+        }
+    } else if initialized {
+        tracing::info!(node_id, "raft state found on disk; not re-initializing");
+    }
+    Ok(raft)
+}

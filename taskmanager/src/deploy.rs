@@ -1,0 +1,384 @@
+//! The deploy path: `DeployTasks` and `CancelJob` on this TaskManager.
+//!
+//! Order matters. Every subtask of the request is recorded (DEPLOYING) and
+//! every input channel of every subtask is registered before any subtask
+//! starts, so producers (here or on other TaskManagers) always find their
+//! consumers. The spec is compiled once per request; each subtask then builds
+//! its chain, connects its outputs and runs on its slot's thread. Anything
+//! that goes wrong for a subtask fails that subtask with its error chain; the
+//! request itself only fails for a stale leader or a malformed placement.
+
+use crate::exchange::{ChannelKey, InputEndpoint, OutputChannel, RemoteSender};
+use crate::node::{Node, StaleTerm};
+use crate::operators::{self, TaskContext};
+use crate::runtime::{self, EdgeOutput, InputGate, Outputs, Partitioner, Subtask};
+use crate::tasks::{Failure, TaskKey};
+use arrow::datatypes::Schema;
+use eddy_proto::v1 as pb;
+use eddy_sdk::error::FailureClass;
+use eddy_sdk::graph::{JobGraph, Partitioning};
+use eddy_sdk::ids::{Attempt, JobId, VertexId};
+use eddy_sdk::plan::Schemas;
+use eddy_sdk::spec::JobSpec;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    StaleTerm(#[from] StaleTerm),
+    #[error("invalid deploy request: {0}")]
+    Invalid(String),
+}
+
+/// The spec compiled once per deploy request, shared by its subtasks.
+pub struct CompiledJob {
+    pub spec: JobSpec,
+    pub graph: JobGraph,
+    pub schemas: Schemas,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot parse the job spec")]
+    Parse(#[source] eddy_sdk::ApiError),
+    #[error("the job spec does not compile on this TaskManager")]
+    Plan(#[source] eddy_sdk::ApiError),
+}
+
+pub fn compile(spec_json: &str) -> Result<CompiledJob, CompileError> {
+    let spec = eddy_sdk::spec::parse_json(spec_json).map_err(CompileError::Parse)?;
+    let (graph, schemas) = eddy_sdk::plan::validate(&spec, None).map_err(CompileError::Plan)?;
+    Ok(CompiledJob {
+        spec,
+        graph,
+        schemas,
+    })
+}
+
+/// The named input queues of one subtask, one per upstream subtask.
+type InputQueues = Vec<(String, mpsc::Receiver<crate::exchange::ChannelItem>)>;
+
+/// Where each subtask of the job runs: (vertex, index) -> (tm_id, rpc_addr).
+type Placements = HashMap<(u32, u32), (String, String)>;
+
+impl Node {
+    /// Handles `DeployTasks`. Returns the number of subtasks started.
+    pub fn deploy(self: &Arc<Self>, req: pb::DeployTasksRequest) -> Result<usize, Error> {
+        self.observe_term(req.leader_term)?;
+        if req.job_id.is_empty() {
+            return Err(Error::Invalid("job_id is empty".into()));
+        }
+        if let Some(p) = req.deploy.iter().find(|p| p.slot >= self.slots.len()) {
+            return Err(Error::Invalid(format!(
+                "subtask v{}[{}] is placed on slot {}, but this TaskManager has {} slots",
+                p.vertex,
+                p.index,
+                p.slot,
+                self.slots.len()
+            )));
+        }
+        let job_id = JobId(req.job_id.clone());
+        let attempt = Attempt(req.attempt);
+        // Channels of older attempts are dead: their tasks get replaced below.
+        self.registry.remove_job(&job_id, Some(attempt));
+        let placements: Arc<Placements> = Arc::new(
+            req.placements
+                .iter()
+                .map(|p| ((p.vertex, p.index), (p.tm_id.clone(), p.rpc_addr.clone())))
+                .collect(),
+        );
+
+        // 1. Record every new subtask (a repeated request is idempotent).
+        let mut starting = Vec::new();
+        for p in &req.deploy {
+            let key = TaskKey {
+                job_id: job_id.clone(),
+                vertex: VertexId(p.vertex),
+                index: p.index,
+            };
+            if self.tasks.has_attempt(&key, attempt) {
+                continue;
+            }
+            let cancel = self.shutdown.child_token();
+            let metrics = self
+                .tasks
+                .insert(key.clone(), attempt, p.slot, cancel.clone());
+            starting.push(Starting {
+                key,
+                slot: p.slot,
+                metrics,
+                cancel,
+                inputs: None,
+            });
+        }
+
+        // 2. Compile the spec once.
+        let job = match compile(&req.spec_json) {
+            Ok(job) => Arc::new(job),
+            Err(e) => {
+                tracing::warn!(job_id = %job_id, error = ?eddy_sdk::error::error_chain(&e), "cannot compile job spec");
+                for s in &starting {
+                    self.fail(&s.key, attempt, &e, FailureClass::UserCode);
+                }
+                return Ok(0);
+            }
+        };
+
+        // 3. Register every input channel before anything starts.
+        let mut ready = Vec::with_capacity(starting.len());
+        for mut s in starting {
+            match self.register_inputs(&job.graph, &s, attempt) {
+                Ok(inputs) => {
+                    s.inputs = inputs;
+                    ready.push(s);
+                }
+                Err(e) => self.fail(&s.key, attempt, &e, e.class()),
+            }
+        }
+
+        // 4. Start them on their slots.
+        let mut started = 0;
+        for s in ready {
+            let (key, slot) = (s.key.clone(), s.slot);
+            let span = tracing::info_span!("subtask", job_id = %key.job_id, vertex = key.vertex.0, subtask = key.index, tm_id = %self.tm_id);
+            let run = run_subtask(self.clone(), job.clone(), placements.clone(), attempt, s)
+                .instrument(span);
+            match self.slots.spawn(slot, run) {
+                Ok(_) => started += 1,
+                Err(e) => self.fail(&key, attempt, &e, FailureClass::Infrastructure),
+            }
+        }
+        tracing::info!(job_id = %job_id, attempt = attempt.0, started, "deployed subtasks");
+        Ok(started)
+    }
+
+    /// Handles `CancelJob`: cancels the job's subtasks (each reports CANCELED
+    /// as it stops) and drops its channels.
+    pub fn cancel_job(&self, job_id: &JobId, leader_term: u64) -> Result<usize, StaleTerm> {
+        self.observe_term(leader_term)?;
+        let n = self.tasks.cancel_job(job_id);
+        self.registry.remove_job(job_id, None);
+        tracing::info!(job_id = %job_id, canceled = n, "canceled job");
+        Ok(n)
+    }
+
+    fn fail(
+        &self,
+        key: &TaskKey,
+        attempt: Attempt,
+        e: &(dyn std::error::Error + 'static),
+        class: FailureClass,
+    ) {
+        self.tasks.transition(
+            key,
+            attempt,
+            pb::TaskState::Failed,
+            Some(Failure::from_error(e, class)),
+        );
+    }
+
+    /// Registers one bounded queue per upstream subtask of `s`'s input edge.
+    fn register_inputs(
+        &self,
+        graph: &JobGraph,
+        s: &Starting,
+        attempt: Attempt,
+    ) -> Result<Option<InputQueues>, runtime::Error> {
+        let vertex = checked_vertex(graph, s.key.vertex, s.key.index)?;
+        let Some(edge) = graph.input_of(vertex) else {
+            return Ok(None);
+        };
+        let upstream = graph.vertex(edge.from).parallelism;
+        let froms: Vec<u32> = match edge.partitioning {
+            Partitioning::Forward => vec![s.key.index],
+            _ => (0..upstream).collect(),
+        };
+        let credits = self.config.exchange.channel_credits as usize;
+        let mut channels = Vec::with_capacity(froms.len());
+        for from in froms {
+            let key = ChannelKey {
+                job_id: s.key.job_id.clone(),
+                attempt,
+                from_vertex: edge.from,
+                from_index: from,
+                to_vertex: vertex,
+                to_index: s.key.index,
+            };
+            let (queue, rx) = mpsc::channel(credits);
+            channels.push((format!("{}[{from}]", edge.from), rx));
+            self.registry.register(
+                key,
+                InputEndpoint {
+                    queue,
+                    metrics: s.metrics.clone(),
+                },
+            );
+        }
+        Ok(Some(channels))
+    }
+
+    /// Opens one channel per consumer of every outgoing edge.
+    async fn connect_outputs(
+        &self,
+        graph: &JobGraph,
+        placements: &Placements,
+        attempt: Attempt,
+        key: &TaskKey,
+        output_schema: &Schema,
+    ) -> Result<Outputs, runtime::Error> {
+        let mut edges = Vec::new();
+        for edge in graph.outputs_of(key.vertex) {
+            let to = graph.vertex(edge.to).parallelism;
+            let partitioner = Partitioner::new(
+                &edge.partitioning,
+                output_schema,
+                graph.max_parallelism,
+                key.index,
+            )?;
+            let targets: Vec<u32> = match edge.partitioning {
+                Partitioning::Forward => vec![key.index],
+                _ => (0..to).collect(),
+            };
+            let connects = targets.into_iter().map(|to_index| {
+                let channel = ChannelKey {
+                    job_id: key.job_id.clone(),
+                    attempt,
+                    from_vertex: key.vertex,
+                    from_index: key.index,
+                    to_vertex: edge.to,
+                    to_index,
+                };
+                self.open_channel(channel, placements)
+            });
+            let channels = futures::future::try_join_all(connects).await?;
+            edges.push(EdgeOutput {
+                partitioner,
+                channels,
+            });
+        }
+        Ok(Outputs::new(edges))
+    }
+
+    async fn open_channel(
+        &self,
+        key: ChannelKey,
+        placements: &Placements,
+    ) -> Result<OutputChannel, runtime::Error> {
+        let Some((tm_id, addr)) = placements.get(&(key.to_vertex.0, key.to_index)) else {
+            return Err(runtime::Error::NoPlacement {
+                vertex: key.to_vertex,
+                index: key.to_index,
+            });
+        };
+        if tm_id == self.tm_id.as_str() {
+            let endpoint = self.registry.claim(&key, self.timeouts.claim_wait).await?;
+            return Ok(OutputChannel::Local {
+                key,
+                queue: endpoint.queue,
+            });
+        }
+        let credits = self.config.exchange.channel_credits as usize;
+        let sender = RemoteSender::connect(
+            key,
+            addr,
+            &self.timeouts.connect,
+            credits,
+            self.metrics.exchange.clone(),
+        )
+        .await?;
+        Ok(OutputChannel::Remote(Box::new(sender)))
+    }
+}
+
+/// A subtask between being recorded and being started.
+struct Starting {
+    key: TaskKey,
+    slot: u32,
+    metrics: Arc<crate::runtime::metrics::SubtaskMetrics>,
+    cancel: tokio_util::sync::CancellationToken,
+    inputs: Option<InputQueues>,
+}
+
+fn checked_vertex(
+    graph: &JobGraph,
+    vertex: VertexId,
+    index: u32,
+) -> Result<VertexId, runtime::Error> {
+    match graph.vertices.get(vertex.0 as usize) {
+        Some(v) if index < v.parallelism => Ok(vertex),
+        _ => Err(runtime::Error::NoSuchSubtask { vertex, index }),
+    }
+}
+
+/// The life of one subtask on its slot thread: build, connect, run, report.
+async fn run_subtask(
+    node: Arc<Node>,
+    job: Arc<CompiledJob>,
+    placements: Arc<Placements>,
+    attempt: Attempt,
+    s: Starting,
+) {
+    let Starting {
+        key,
+        metrics,
+        cancel,
+        inputs,
+        ..
+    } = s;
+    let work = async {
+        let vertex = job.graph.vertex(key.vertex);
+        let ctx = TaskContext {
+            job_id: key.job_id.clone(),
+            vertex: key.vertex,
+            subtask: key.index,
+            parallelism: vertex.parallelism,
+            max_parallelism: job.graph.max_parallelism,
+        };
+        let chain = operators::build_chain(&job.spec, &job.graph, &job.schemas, &ctx)
+            .map_err(runtime::Error::Build)?;
+        let outputs = node
+            .connect_outputs(&job.graph, &placements, attempt, &key, &chain.output_schema)
+            .await?;
+        node.tasks
+            .transition(&key, attempt, pb::TaskState::Running, None);
+        tracing::info!("subtask running");
+        Subtask {
+            chain,
+            input: inputs.map(InputGate::new),
+            outputs,
+            metrics,
+        }
+        .run()
+        .await
+    };
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = work => Some(r),
+    };
+    match outcome {
+        None => {
+            tracing::info!("subtask canceled");
+            node.tasks
+                .transition(&key, attempt, pb::TaskState::Canceled, None);
+        }
+        Some(Ok(())) => {
+            tracing::info!("subtask finished");
+            node.tasks
+                .transition(&key, attempt, pb::TaskState::Finished, None);
+        }
+        Some(Err(e)) => {
+            let class = e.class();
+            tracing::warn!(class = class.as_str(), error = ?eddy_sdk::error::error_chain(&e), "subtask failed");
+            node.tasks.transition(
+                &key,
+                attempt,
+                pb::TaskState::Failed,
+                Some(Failure::from_error(&e, class)),
+            );
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The TaskManager's shared state: its identity, slots, task table, channel
+//! registry and metrics. [`Node`] is what the RPC services, the JobManager
+//! client and the deploy path share (behind an `Arc`).
+
+use crate::config::Config;
+use crate::exchange::{ConnectPolicy, Registry};
+use crate::metrics::Metrics;
+use crate::slot::SlotPool;
+use crate::tasks::TaskTable;
+use eddy_proto::v1 as pb;
+use eddy_sdk::ids::TaskManagerId;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of the deploy path that tests shorten.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// How long a producer retries reaching a remote consumer's TaskManager.
+    pub connect: ConnectPolicy,
+    /// How long a channel waits for its consumer to be registered.
+    pub claim_wait: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: ConnectPolicy::default(),
+            claim_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Node {
+    pub tm_id: TaskManagerId,
+    pub config: Arc<Config>,
+    /// The address other processes reach this TaskManager's gRPC services at.
+    pub rpc_addr: String,
+    pub slots: SlotPool,
+    pub tasks: TaskTable,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub timeouts: Timeouts,
+    /// The highest JobManager leader term seen; requests from older leaders
+    /// are refused.
+    leader_term: AtomicU64,
+    /// Parent of every task's cancellation token: canceled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("leader term {term} is older than the highest seen ({highest})")]
+pub struct StaleTerm {
+    pub term: u64,
+    pub highest: u64,
+}
+
+impl Node {
+    /// Builds the node and starts its slot threads. Returns the stream of
+    /// task status changes the JobManager client reports.
+    pub fn new(
+        config: Arc<Config>,
+        rpc_addr: String,
+        metrics: Metrics,
+        timeouts: Timeouts,
+    ) -> Result<(Arc<Node>, mpsc::UnboundedReceiver<pb::TaskStatus>), crate::slot::Error> {
+        let slots = SlotPool::start(config.slots, config.kpu.clone())?;
+        metrics.slots_total.set(i64::from(config.slots));
+        let (tasks, reports) = TaskTable::new();
+        let node = Node {
+            tm_id: config.tm_id(),
+            rpc_addr,
+            slots,
+            tasks,
+            registry: Registry::new(),
+            metrics,
+            timeouts,
+            leader_term: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            config,
+        };
+        Ok((Arc::new(node), reports))
+    }
+
+    /// Records `term` and refuses it if an newer leader was already seen.
+    pub fn observe_term(&self, term: u64) -> Result<(), StaleTerm> {
+        let highest = self.leader_term.fetch_max(term, Ordering::SeqCst);
+        if term < highest {
+            Err(StaleTerm { term, highest })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn leader_term(&self) -> u64 {
+        self.leader_term.load(Ordering::SeqCst)
+    }
+
+    pub fn kpu_proto(&self) -> pb::Kpu {
+        let kpu = self.slots.kpu();
+        pb::Kpu {
+            vcpu_millis: kpu.vcpu_millis,
+            memory_bytes: kpu.memory.0,
+            disk_bytes: kpu.disk.0,
+        }
+    }
+}

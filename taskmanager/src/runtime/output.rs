@@ -148,3 +148,160 @@ impl Outputs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{ChannelItem, ChannelKey};
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+    use eddy_sdk::ids::{Attempt, JobId, VertexId};
+    use eddy_sdk::keygroup::subtask_for_key_group;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..rows).map(|i| format!("user-{}", i % 37)),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..rows)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn hash_partitioner() -> Partitioner {
+        let p = Partitioning::Hash {
+            key_columns: vec!["user".into()],
+        };
+        Partitioner::new(&p, &schema(), 128, 0).unwrap()
+    }
+
+    #[test]
+    fn hash_routes_each_row_to_the_owner_of_its_key_group() {
+        let mut p = hash_partitioner();
+        let pieces = p.route(batch(1000), 4).unwrap();
+        assert!(pieces.len() > 1, "37 keys over 4 subtasks must use several");
+        let mut rows = 0;
+        for (target, piece) in &pieces {
+            rows += piece.num_rows();
+            for kg in eddy_sdk::plan::hash::key_groups(piece, &[0], 128).unwrap() {
+                assert_eq!(subtask_for_key_group(kg, 128, 4) as usize, *target);
+            }
+        }
+        assert_eq!(rows, 1000, "no row lost or duplicated");
+    }
+
+    #[test]
+    fn hash_same_key_always_goes_to_the_same_channel() {
+        let mut p = hash_partitioner();
+        let owner = |p: &mut Partitioner, b: RecordBatch| p.route(b, 8).unwrap()[0].0;
+        let one = |user: &str| {
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from(vec![user])),
+                    Arc::new(Int64Array::from(vec![1])),
+                ],
+            )
+            .unwrap()
+        };
+        let first = owner(&mut p, one("alice"));
+        for _ in 0..5 {
+            assert_eq!(owner(&mut p, one("alice")), first);
+        }
+    }
+
+    #[test]
+    fn new_unknown_key_column_is_an_error() {
+        let p = Partitioning::Hash {
+            key_columns: vec!["nope".into()],
+        };
+        assert!(
+            matches!(Partitioner::new(&p, &schema(), 128, 0), Err(Error::KeyColumn(c)) if c == "nope")
+        );
+    }
+
+    #[test]
+    fn rebalance_round_robins_whole_batches() {
+        let mut p = Partitioner::new(&Partitioning::Rebalance, &schema(), 128, 1).unwrap();
+        let targets: Vec<usize> = (0..4).map(|_| p.route(batch(3), 3).unwrap()[0].0).collect();
+        assert_eq!(targets, [1, 2, 0, 1]);
+    }
+
+    fn local(to_index: u32, capacity: usize) -> (OutputChannel, mpsc::Receiver<ChannelItem>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let key = ChannelKey {
+            job_id: JobId("j".into()),
+            attempt: Attempt(0),
+            from_vertex: VertexId(0),
+            from_index: 0,
+            to_vertex: VertexId(1),
+            to_index,
+        };
+        (OutputChannel::Local { key, queue }, rx)
+    }
+
+    #[tokio::test]
+    async fn emit_broadcasts_watermarks_and_end_to_every_channel_of_every_edge() {
+        let (a0, mut ra0) = local(0, 4);
+        let (a1, mut ra1) = local(1, 4);
+        let (b0, mut rb0) = local(0, 4);
+        let mut outputs = Outputs::new(vec![
+            EdgeOutput {
+                partitioner: hash_partitioner(),
+                channels: vec![a0, a1],
+            },
+            EdgeOutput {
+                partitioner: Partitioner::Forward,
+                channels: vec![b0],
+            },
+        ]);
+        let m = crate::runtime::metrics::SubtaskMetrics::default();
+        outputs.emit(Element::Watermark(7), &m).await.unwrap();
+        outputs.emit(Element::EndOfStream, &m).await.unwrap();
+        for rx in [&mut ra0, &mut ra1, &mut rb0] {
+            assert!(matches!(
+                rx.recv().await.unwrap().unwrap(),
+                Element::Watermark(7)
+            ));
+            assert!(matches!(
+                rx.recv().await.unwrap().unwrap(),
+                Element::EndOfStream
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn emit_batch_reaches_every_edge() {
+        let (a0, mut ra0) = local(0, 4);
+        let (b0, mut rb0) = local(0, 4);
+        let mut outputs = Outputs::new(vec![
+            EdgeOutput {
+                partitioner: Partitioner::Forward,
+                channels: vec![a0],
+            },
+            EdgeOutput {
+                partitioner: Partitioner::Rebalance { next: 0 },
+                channels: vec![b0],
+            },
+        ]);
+        let m = crate::runtime::metrics::SubtaskMetrics::default();
+        outputs.emit(Element::Batch(batch(5)), &m).await.unwrap();
+        for rx in [&mut ra0, &mut rb0] {
+            assert!(
+                matches!(rx.recv().await.unwrap().unwrap(), Element::Batch(b) if b.num_rows() == 5)
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The REST API under `/v1` (axum), `/v1/openapi.json` and `/metrics`.
+//!
+//! Handlers only convert: parse the request, call `jobs` or read the state,
+//! build the body with `views`. Every error, including axum's own
+//! rejections, unknown routes, wrong methods and oversized bodies, answers
+//! `{"error": {"code", "message", ...}}` with a 4xx status; bad input never
+//! produces a 500.
+
+mod handlers;
+pub mod views;
+
+use crate::context::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use eddy_sdk::error::ErrorBody;
+use eddy_sdk::{ApiError, ErrorCode};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// An error answer: the status and the shared error body.
+#[derive(Debug)]
+pub struct RestError {
+    pub status: StatusCode,
+    pub error: ApiError,
+}
+
+impl From<ApiError> for RestError {
+    fn from(error: ApiError) -> Self {
+        let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        RestError { status, error }
+    }
+}
+
+impl RestError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        RestError { status, error: ApiError::new(code, message) }
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { error: self.error })).into_response()
+    }
+}
+
+/// The whole HTTP surface of the JobManager.
+pub fn router(ctx: Arc<Context>, registry: Arc<Registry>) -> Router {
+    let api = Router::new()
+        .route("/v1/overview", get(handlers::overview))
+        .route("/v1/taskmanagers", get(handlers::taskmanagers))
+        .route("/v1/jobs", get(handlers::list_jobs).post(handlers::submit_job))
+        .route("/v1/jobs/{id}", get(handlers::job_detail))
+        .route("/v1/jobs/{id}/cancel", post(handlers::cancel_job))
+        .route("/v1/openapi.json", get(handlers::openapi))
+        .with_state(ctx.clone());
+    api.merge(eddy_sdk::server::metrics::router(registry))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(ctx, count_requests))
+}
+
+async fn not_found(request: Request) -> RestError {
+    RestError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no route {}", request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> RestError {
+    RestError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest,
+        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}
+
+/// Counts requests by matched route and status.
+async fn count_requests(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    ctx.metrics.rest_request(&route, response.status().as_u16());
+    response
+}

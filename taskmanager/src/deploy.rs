@@ -82,7 +82,8 @@ impl Node {
         }
         let job_id = JobId(req.job_id.clone());
         let attempt = Attempt(req.attempt);
-        // Channels of older attempts are dead: their tasks get replaced below.
+        // Older attempts of the job are superseded, here and everywhere.
+        self.tasks.cancel_older_attempts(&job_id, attempt);
         self.registry.remove_job(&job_id, Some(attempt));
         let placements: Arc<Placements> = Arc::new(
             req.placements
@@ -359,6 +360,10 @@ async fn run_subtask(
         _ = cancel.cancelled() => None,
         r = work => Some(r),
     };
+    // Its input channels have no consumer any more: forget them, so the
+    // registry does not grow with every job that ends without a CancelJob.
+    node.registry
+        .remove_consumer(&key.job_id, attempt, key.vertex, key.index);
     match outcome {
         None => {
             tracing::info!("subtask canceled");

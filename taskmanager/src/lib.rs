@@ -106,22 +106,7 @@ pub async fn run(
     tracing::info!(%tm_id, %rpc_addr, %metrics_addr, slots = config.slots, kpu = ?config.kpu, jobmanagers = ?config.jobmanagers, "taskmanager started");
 
     let stop = CancellationToken::new();
-    let grpc = {
-        let exchange = exchange::server::ExchangeServer::new(
-            node.registry.clone(),
-            config.exchange.channel_credits,
-            node.timeouts.claim_wait,
-            node.metrics.exchange.clone(),
-        );
-        let server = tonic::transport::Server::builder()
-            .add_service(rpc::TaskManagerRpc::new(node.clone()).into_service())
-            .add_service(exchange.into_service())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(rpc_listener),
-                stop.clone().cancelled_owned(),
-            );
-        tokio::spawn(server)
-    };
+    let grpc = tokio::spawn(serve_grpc(node.clone(), rpc_listener, stop.clone()));
     let http = {
         let router = eddy_sdk::server::metrics::router(Arc::new(registry));
         let stop = stop.clone();
@@ -178,6 +163,29 @@ pub async fn run(
         Some(Ok(Err(e))) => Err(Error::Serve(e)),
         _ => Ok(()),
     }
+}
+
+/// Serves `TaskManagerService` and `ExchangeService` on `listener` until
+/// `stop` is canceled.
+pub async fn serve_grpc(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let exchange = exchange::server::ExchangeServer::new(
+        node.registry.clone(),
+        node.config.exchange.channel_credits,
+        node.timeouts.claim_wait,
+        node.metrics.exchange.clone(),
+    );
+    tonic::transport::Server::builder()
+        .add_service(rpc::TaskManagerRpc::new(node.clone()).into_service())
+        .add_service(exchange.into_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.cancelled_owned(),
+        )
+        .await
 }
 
 async fn sample_metrics(node: Arc<Node>, stop: CancellationToken) {

@@ -4,7 +4,7 @@
 //! per-subtask values are copied from the subtasks' atomics by the sampler
 //! once per metrics interval, so `/metrics` never walks the task table.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,13 +25,27 @@ pub struct SubtaskLabels {
     pub subtask: u32,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum StateLabel {
     Deploying,
     Running,
     Finished,
     Canceled,
     Failed,
+}
+
+impl EncodeLabelValue for StateLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        // Lower-case, as the REST API and Prometheus conventions spell states.
+        encoder.write_str(match self {
+            StateLabel::Deploying => "deploying",
+            StateLabel::Running => "running",
+            StateLabel::Finished => "finished",
+            StateLabel::Canceled => "canceled",
+            StateLabel::Failed => "failed",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

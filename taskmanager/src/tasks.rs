@@ -183,6 +183,16 @@ impl TaskTable {
         n
     }
 
+    /// Cancels the subtasks of `job_id` from attempts before `attempt`: a
+    /// newer deployment supersedes them even where it placed nothing here.
+    pub fn cancel_older_attempts(&self, job_id: &JobId, attempt: Attempt) {
+        for (k, e) in self.lock().iter() {
+            if &k.job_id == job_id && e.attempt < attempt {
+                e.cancel.cancel();
+            }
+        }
+    }
+
     /// Cancels everything (shutdown).
     pub fn cancel_all(&self) {
         for e in self.lock().values() {

@@ -9,7 +9,7 @@
 
 use super::{ChannelItem, ChannelKey, Error, Result};
 use crate::runtime::metrics::SubtaskMetrics;
-use eddy_sdk::ids::{Attempt, JobId};
+use eddy_sdk::ids::{Attempt, JobId, VertexId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -97,6 +97,22 @@ impl Registry {
             .retain(|k, _| &k.job_id != job_id || keep.is_some_and(|a| k.attempt >= a));
     }
 
+    /// Forgets the input channels of one consumer subtask (it ended).
+    pub fn remove_consumer(
+        &self,
+        job_id: &JobId,
+        attempt: Attempt,
+        to_vertex: VertexId,
+        to_index: u32,
+    ) {
+        self.lock().retain(|k, _| {
+            !(&k.job_id == job_id
+                && k.attempt == attempt
+                && k.to_vertex == to_vertex
+                && k.to_index == to_index)
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -109,7 +125,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eddy_sdk::ids::VertexId;
 
     fn key(to_index: u32) -> ChannelKey {
         ChannelKey {
@@ -181,6 +196,20 @@ mod tests {
         reg.remove_job(&JobId("j".into()), Some(Attempt(1)));
         assert_eq!(reg.len(), 2);
         reg.remove_job(&JobId("j".into()), None);
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn remove_consumer_forgets_only_its_channels() {
+        let reg = Registry::new();
+        let mut other_consumer = key(0);
+        other_consumer.to_index = 1;
+        let mut other_producer = key(0);
+        other_producer.from_index = 1;
+        for k in [key(0), other_consumer, other_producer] {
+            reg.register(k, endpoint().0);
+        }
+        reg.remove_consumer(&JobId("j".into()), Attempt(0), VertexId(1), 0);
         assert_eq!(reg.len(), 1);
     }
 }

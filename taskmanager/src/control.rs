@@ -226,3 +226,150 @@ async fn report_statuses(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::metrics::Metrics;
+    use crate::node::Timeouts;
+    use crate::tasks::TaskKey;
+    use eddy_proto::v1::job_manager_service_server::{JobManagerService, JobManagerServiceServer};
+    use eddy_sdk::ids::{Attempt, JobId, VertexId};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::{Request, Response, Status};
+
+    /// A JobManager that records calls; its first heartbeat answer is
+    /// `known: false`, as after a JobManager restart.
+    #[derive(Default)]
+    struct FakeJm {
+        registers: Mutex<Vec<pb::RegisterTaskManagerRequest>>,
+        heartbeats: AtomicUsize,
+        reports: Mutex<Vec<pb::TaskStatus>>,
+    }
+
+    struct Svc(Arc<FakeJm>);
+
+    #[tonic::async_trait]
+    impl JobManagerService for Svc {
+        async fn register_task_manager(
+            &self,
+            r: Request<pb::RegisterTaskManagerRequest>,
+        ) -> Result<Response<pb::RegisterTaskManagerResponse>, Status> {
+            self.0.registers.lock().unwrap().push(r.into_inner());
+            Ok(Response::new(pb::RegisterTaskManagerResponse {
+                heartbeat_interval_ms: 50,
+                leader_term: 3,
+            }))
+        }
+        async fn heartbeat(
+            &self,
+            _: Request<pb::HeartbeatRequest>,
+        ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+            let n = self.0.heartbeats.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(pb::HeartbeatResponse {
+                known: n > 0,
+                leader_term: 3,
+            }))
+        }
+        async fn report_task_status(
+            &self,
+            r: Request<pb::ReportTaskStatusRequest>,
+        ) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
+            self.0.reports.lock().unwrap().extend(r.into_inner().status);
+            Ok(Response::new(pb::ReportTaskStatusResponse {}))
+        }
+    }
+
+    async fn fake_jm(stop: &CancellationToken) -> (Arc<FakeJm>, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let jm = Arc::new(FakeJm::default());
+        let server = tonic::transport::Server::builder()
+            .add_service(JobManagerServiceServer::new(Svc(jm.clone())))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            );
+        tokio::spawn(server);
+        (jm, addr)
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The TaskManager skips an unreachable JobManager, registers with the
+    /// next one, re-registers with its tasks when the JobManager does not
+    /// know it, and reports every status change.
+    #[tokio::test]
+    async fn client_reregisters_when_unknown_and_reports_status() {
+        let stop = CancellationToken::new();
+        let (jm, addr) = fake_jm(&stop).await;
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let config = Config::load(
+            None,
+            &Default::default(),
+            Overrides {
+                id: Some("tm-x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (node, reports) = Node::new(
+            Arc::new(config),
+            "127.0.0.1:9".into(),
+            Metrics::default(),
+            Timeouts::default(),
+        )
+        .unwrap();
+        let key = TaskKey {
+            job_id: JobId("j".into()),
+            vertex: VertexId(0),
+            index: 0,
+        };
+        node.tasks
+            .insert(key.clone(), Attempt(0), 0, CancellationToken::new());
+        let client =
+            JobManagerClient::new(node.clone(), vec![dead, addr], "http://m/metrics".into());
+        let running = tokio::spawn(client.run(reports, stop.clone()));
+
+        eventually("a second registration", || {
+            jm.registers.lock().unwrap().len() >= 2
+        })
+        .await;
+        let again = jm.registers.lock().unwrap()[1].clone();
+        assert_eq!(again.tm_id, "tm-x");
+        assert_eq!(
+            again.tasks.len(),
+            1,
+            "re-registration carries the running tasks"
+        );
+        assert_eq!(node.leader_term(), 3);
+
+        node.tasks
+            .transition(&key, Attempt(0), pb::TaskState::Running, None);
+        eventually("the RUNNING report", || {
+            jm.reports
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.state == pb::TaskState::Running as i32)
+        })
+        .await;
+        stop.cancel();
+        running.await.unwrap();
+    }
+}

@@ -228,6 +228,7 @@ impl Node {
         placements: &Placements,
         attempt: Attempt,
         key: &TaskKey,
+        slot: u32,
         output_schema: &Schema,
     ) -> Result<Outputs, runtime::Error> {
         let mut edges = Vec::new();
@@ -252,7 +253,7 @@ impl Node {
                     to_vertex: edge.to,
                     to_index,
                 };
-                self.open_channel(channel, placements)
+                self.open_channel(channel, placements, slot)
             });
             let channels = futures::future::try_join_all(connects).await?;
             edges.push(EdgeOutput {
@@ -267,6 +268,7 @@ impl Node {
         &self,
         key: ChannelKey,
         placements: &Placements,
+        slot: u32,
     ) -> Result<OutputChannel, runtime::Error> {
         let Some((tm_id, addr)) = placements.get(&(key.to_vertex.0, key.to_index)) else {
             return Err(runtime::Error::NoPlacement {
@@ -282,9 +284,16 @@ impl Node {
             });
         }
         let credits = self.config.exchange.channel_credits as usize;
+        let channel =
+            self.peer_channel(slot, addr)
+                .map_err(|source| crate::exchange::Error::Addr {
+                    key: key.clone(),
+                    source,
+                })?;
         let sender = RemoteSender::connect(
             key,
             addr,
+            channel,
             &self.timeouts.connect,
             credits,
             self.metrics.exchange.clone(),
@@ -324,10 +333,10 @@ async fn run_subtask(
 ) {
     let Starting {
         key,
+        slot,
         metrics,
         cancel,
         inputs,
-        ..
     } = s;
     let work = async {
         let vertex = job.graph.vertex(key.vertex);
@@ -341,7 +350,14 @@ async fn run_subtask(
         let chain = operators::build_chain(&job.spec, &job.graph, &job.schemas, &ctx)
             .map_err(runtime::Error::Build)?;
         let outputs = node
-            .connect_outputs(&job.graph, &placements, attempt, &key, &chain.output_schema)
+            .connect_outputs(
+                &job.graph,
+                &placements,
+                attempt,
+                &key,
+                slot,
+                &chain.output_schema,
+            )
             .await?;
         node.tasks
             .transition(&key, attempt, pb::TaskState::Running, None);

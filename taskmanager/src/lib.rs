@@ -179,6 +179,10 @@ pub async fn serve_grpc(
         node.metrics.exchange.clone(),
     );
     tonic::transport::Server::builder()
+        // The receiving side's HTTP/2 windows pace remote producers: large
+        // enough for a few Arrow frames in flight (credits bound them anyway).
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(rpc::TaskManagerRpc::new(node.clone()).into_service())
         .add_service(exchange.into_service())
         .serve_with_incoming_shutdown(

@@ -9,11 +9,14 @@ use crate::slot::SlotPool;
 use crate::tasks::TaskTable;
 use eddy_proto::v1 as pb;
 use eddy_sdk::ids::TaskManagerId;
-use std::sync::Arc;
+use eddy_sdk::server::rpc::AddrError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// Tunables of the deploy path that tests shorten.
 #[derive(Clone, Debug)]
@@ -48,6 +51,10 @@ pub struct Node {
     leader_term: AtomicU64,
     /// Parent of every task's cancellation token: canceled at shutdown.
     pub shutdown: CancellationToken,
+    /// One connection per (slot, peer TaskManager), shared by the slot's
+    /// outgoing exchange channels to that peer (HTTP/2 multiplexes them). Per
+    /// slot, so a slot's network I/O runs on the slot's own thread.
+    peers: Mutex<HashMap<(u32, String), Channel>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +86,7 @@ impl Node {
             timeouts,
             leader_term: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            peers: Mutex::default(),
             config,
         };
         Ok((Arc::new(node), reports))
@@ -96,6 +104,19 @@ impl Node {
 
     pub fn leader_term(&self) -> u64 {
         self.leader_term.load(Ordering::SeqCst)
+    }
+
+    /// The connection slot `slot` uses to reach the TaskManager at `addr`.
+    /// Must be called on that slot's runtime: the connection's I/O task is
+    /// spawned where it is first created.
+    pub fn peer_channel(&self, slot: u32, addr: &str) -> Result<Channel, AddrError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(&(slot, addr.to_string())) {
+            return Ok(c.clone());
+        }
+        let channel = eddy_sdk::server::rpc::connect(addr)?;
+        peers.insert((slot, addr.to_string()), channel.clone());
+        Ok(channel)
     }
 
     pub fn kpu_proto(&self) -> pb::Kpu {

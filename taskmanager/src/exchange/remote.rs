@@ -45,20 +45,18 @@ pub struct RemoteSender {
 }
 
 impl RemoteSender {
-    /// Opens the channel `key` at the TaskManager serving `addr`, retrying
-    /// while it is unreachable. `queue` bounds the frames buffered before the
-    /// transport (credits bound them anyway).
+    /// Opens the channel `key` at the TaskManager serving `addr`, over
+    /// `channel` (a connection to it, possibly shared with other exchange
+    /// channels), retrying while it is unreachable. `queue` bounds the frames
+    /// buffered before the transport (credits bound them anyway).
     pub async fn connect(
         key: ChannelKey,
         addr: &str,
+        channel: tonic::transport::Channel,
         policy: &ConnectPolicy,
         queue: usize,
         bytes: ExchangeBytes,
     ) -> Result<RemoteSender> {
-        let channel = eddy_sdk::server::rpc::connect(addr).map_err(|source| Error::Addr {
-            key: key.clone(),
-            source,
-        })?;
         let mut client = pb::exchange_service_client::ExchangeServiceClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

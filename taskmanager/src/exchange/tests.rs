@@ -88,9 +88,11 @@ async fn connect(server: &TestServer, credits: usize) -> Result<RemoteSender> {
         deadline: Duration::from_secs(5),
         ..Default::default()
     };
+    let channel = eddy_sdk::server::rpc::connect(&server.addr).unwrap();
     RemoteSender::connect(
         key(),
         &server.addr,
+        channel,
         &policy,
         credits,
         ExchangeBytes::default(),
@@ -312,7 +314,8 @@ async fn unreachable_peer_fails_after_deadline() {
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     };
-    let err = RemoteSender::connect(key(), &addr, &policy, 4, ExchangeBytes::default())
+    let channel = eddy_sdk::server::rpc::connect(&addr).unwrap();
+    let err = RemoteSender::connect(key(), &addr, channel, &policy, 4, ExchangeBytes::default())
         .await
         .err()
         .unwrap();

@@ -72,7 +72,11 @@ pub struct Overrides {
 
 impl Config {
     /// Merges defaults, `file`, the `EDDY_*` entries of `env` and `overrides`.
-    pub fn load(file: Option<&Path>, env: &HashMap<String, String>, overrides: Overrides) -> Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+        overrides: Overrides,
+    ) -> Result<Config> {
         let mut config: Config = layered::load(DEFAULTS, file, env)?;
         if let Some(id) = overrides.id {
             config.id = id;
@@ -124,19 +128,26 @@ impl Config {
     pub fn peer_map(&self) -> Result<BTreeMap<u64, String>> {
         let mut out = BTreeMap::new();
         for entry in &self.peers {
-            let (id, addr) = entry
-                .split_once('=')
-                .ok_or_else(|| Error::Peer { entry: entry.clone(), reason: "missing `=`".into() })?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| Error::Peer { entry: entry.clone(), reason: "the id is not a number".into() })?;
+            let (id, addr) = entry.split_once('=').ok_or_else(|| Error::Peer {
+                entry: entry.clone(),
+                reason: "missing `=`".into(),
+            })?;
+            let id: u64 = id.trim().parse().map_err(|_| Error::Peer {
+                entry: entry.clone(),
+                reason: "the id is not a number".into(),
+            })?;
             let addr = addr.trim();
             if id == 0 || addr.is_empty() || !addr.contains(':') {
-                return Err(Error::Peer { entry: entry.clone(), reason: "need a non-zero id and host:port".into() });
+                return Err(Error::Peer {
+                    entry: entry.clone(),
+                    reason: "need a non-zero id and host:port".into(),
+                });
             }
             if out.insert(id, addr.to_string()).is_some() {
-                return Err(Error::Peer { entry: entry.clone(), reason: "duplicate id".into() });
+                return Err(Error::Peer {
+                    entry: entry.clone(),
+                    reason: "duplicate id".into(),
+                });
             }
         }
         Ok(out)
@@ -162,17 +173,27 @@ mod tests {
     fn load_flags_override_env_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("jm.toml");
-        std::fs::write(&file, "id = 2\nrest-addr = \"0.0.0.0:1\"\nrpc-addr = \"0.0.0.0:2\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "id = 2\nrest-addr = \"0.0.0.0:1\"\nrpc-addr = \"0.0.0.0:2\"\n",
+        )
+        .unwrap();
         let env = HashMap::from([
             ("EDDY_ID".to_string(), "3".to_string()),
             ("EDDY_PEERS".to_string(), "1=a:1,3=b:2".to_string()),
         ]);
-        let flags = Overrides { rest_addr: Some("127.0.0.1:0".into()), ..Overrides::default() };
+        let flags = Overrides {
+            rest_addr: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
         let c = Config::load(Some(&file), &env, flags).unwrap();
         assert_eq!(c.id, 3);
         assert_eq!(c.rest_addr, "127.0.0.1:0");
         assert_eq!(c.rpc_addr, "0.0.0.0:2");
-        assert_eq!(c.peer_map().unwrap(), BTreeMap::from([(1, "a:1".to_string()), (3, "b:2".to_string())]));
+        assert_eq!(
+            c.peer_map().unwrap(),
+            BTreeMap::from([(1, "a:1".to_string()), (3, "b:2".to_string())])
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ use tonic::transport::Channel;
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("this jobmanager is not the leader")]
-    NotLeader { leader_id: Option<u64>, leader_url: Option<String> },
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_url: Option<String>,
+    },
     #[error("{0}")]
     Rejected(#[from] Rejection),
     #[error("raft write failed")]
@@ -33,13 +36,21 @@ pub enum WriteError {
 impl WriteError {
     pub fn to_api(&self) -> ApiError {
         match self {
-            WriteError::NotLeader { leader_url, leader_id } => {
+            WriteError::NotLeader {
+                leader_url,
+                leader_id,
+            } => {
                 let message = match leader_id {
                     Some(id) => format!("this jobmanager is not the leader; jobmanager {id} is"),
-                    None => "this jobmanager is not the leader and no leader is known yet; retry".to_string(),
+                    None => "this jobmanager is not the leader and no leader is known yet; retry"
+                        .to_string(),
                 };
                 let mut e = ApiError::new(
-                    if leader_id.is_some() { ErrorCode::NotLeader } else { ErrorCode::Unavailable },
+                    if leader_id.is_some() {
+                        ErrorCode::NotLeader
+                    } else {
+                        ErrorCode::Unavailable
+                    },
                     message,
                 );
                 e.leader = leader_url.clone();
@@ -52,7 +63,10 @@ impl WriteError {
                 };
                 ApiError::new(code, r.message.clone())
             }
-            WriteError::Raft(e) => ApiError::new(ErrorCode::Unavailable, format!("cannot commit the change: {e}")),
+            WriteError::Raft(e) => ApiError::new(
+                ErrorCode::Unavailable,
+                format!("cannot commit the change: {e}"),
+            ),
         }
     }
 }
@@ -75,7 +89,14 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, rest_url: String, rpc_addr: SocketAddr, raft: Raft, shared: Arc<Shared>, metrics: Metrics) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        rest_url: String,
+        rpc_addr: SocketAddr,
+        raft: Raft,
+        shared: Arc<Shared>,
+        metrics: Metrics,
+    ) -> Self {
         Context {
             id: config.id,
             config,
@@ -122,21 +143,30 @@ impl Context {
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// The error for a write attempted on a follower.
     pub fn not_leader(&self) -> WriteError {
         let leader_id = self.leader_id().filter(|id| *id != self.id);
-        let leader_url = leader_id.and_then(|id| self.read(|s| s.jobmanager_rest_urls.get(&id).cloned()));
-        WriteError::NotLeader { leader_id, leader_url }
+        let leader_url =
+            leader_id.and_then(|id| self.read(|s| s.jobmanager_rest_urls.get(&id).cloned()));
+        WriteError::NotLeader {
+            leader_id,
+            leader_url,
+        }
     }
 
     /// Commits `cmd` through Raft and returns once it is applied here.
     pub async fn write(&self, cmd: Command) -> Result<(), WriteError> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data.into_result()?),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
             Err(e) => Err(WriteError::Raft(e)),
         }
     }
@@ -147,7 +177,10 @@ impl Context {
     }
 
     /// A (lazily connected, cached) client of the TaskManager at `addr`.
-    pub fn tm_client(&self, addr: &str) -> Result<TaskManagerServiceClient<Channel>, eddy_sdk::server::rpc::AddrError> {
+    pub fn tm_client(
+        &self,
+        addr: &str,
+    ) -> Result<TaskManagerServiceClient<Channel>, eddy_sdk::server::rpc::AddrError> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());

@@ -40,22 +40,45 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+impl From<raft::Error> for Error {
+    fn from(e: raft::Error) -> Self {
+        Error::Raft(Box::new(e))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration")]
     Config(#[from] config::Error),
     #[error("cannot create the data directory {path}")]
-    DataDir { path: String, #[source] source: std::io::Error },
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot bind the {what} address {addr}")]
-    Bind { what: &'static str, addr: String, #[source] source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("this node's id {id} is not among the configured peers")]
     NotAPeer { id: u64 },
     #[error("raft")]
-    Raft(#[from] raft::Error),
+    Raft(#[source] Box<raft::Error>),
     #[error("cannot write the ready file {path}")]
-    ReadyFile { path: String, #[source] source: std::io::Error },
+    ReadyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the {what} server failed")]
-    Server { what: &'static str, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Server {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// What the ready file says once the ports are bound.
@@ -77,7 +100,11 @@ pub struct JobManager {
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), Error> {
-    let err = |source| Error::Bind { what, addr: addr.to_string(), source };
+    let err = |source| Error::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
@@ -90,7 +117,10 @@ fn members(config: &Config, rpc_addr: SocketAddr) -> Result<BTreeMap<u64, BasicN
     if !peers.is_empty() && !peers.contains_key(&config.id) {
         return Err(Error::NotAPeer { id: config.id });
     }
-    let mut members: BTreeMap<u64, BasicNode> = peers.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
+    let mut members: BTreeMap<u64, BasicNode> = peers
+        .into_iter()
+        .map(|(id, addr)| (id, BasicNode::new(addr)))
+        .collect();
     if members.len() <= 1 {
         members.insert(config.id, BasicNode::new(rpc_addr.to_string()));
     }
@@ -103,8 +133,10 @@ impl JobManager {
     pub async fn start(config: Config, ready_file: Option<&Path>) -> Result<JobManager, Error> {
         config.validate()?;
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
         let (rest_listener, rest_addr) = bind("REST", &config.rest_addr).await?;
         let (rpc_listener, rpc_addr) = bind("rpc", &config.rpc_addr).await?;
         let members = members(&config, rpc_addr)?;
@@ -113,13 +145,26 @@ impl JobManager {
 
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = metrics::Metrics::new(&mut registry);
-        let ctx = Arc::new(Context::new(config.clone(), format!("http://{rest_addr}"), rpc_addr, raft.clone(), shared, metrics));
+        let ctx = Arc::new(Context::new(
+            config.clone(),
+            format!("http://{rest_addr}"),
+            rpc_addr,
+            raft.clone(),
+            shared,
+            metrics,
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
         let grpc = tonic::transport::Server::builder()
-            .add_service(pb::job_manager_service_server::JobManagerServiceServer::new(rpc::JobManagerRpc::new(ctx.clone())))
-            .add_service(pb::raft_service_server::RaftServiceServer::new(raft::RaftServer::new(raft)));
+            .add_service(
+                pb::job_manager_service_server::JobManagerServiceServer::new(
+                    rpc::JobManagerRpc::new(ctx.clone()),
+                ),
+            )
+            .add_service(pb::raft_service_server::RaftServiceServer::new(
+                raft::RaftServer::new(raft),
+            ));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
         let mut rx = stop_rx.clone();
         tasks.push((
@@ -129,7 +174,10 @@ impl JobManager {
                     let _ = rx.changed().await;
                 })
                 .await
-                .map_err(|e| Error::Server { what: "rpc", source: Box::new(e) })
+                .map_err(|e| Error::Server {
+                    what: "rpc",
+                    source: Box::new(e),
+                })
             }),
         ));
 
@@ -143,7 +191,10 @@ impl JobManager {
                         let _ = rx.changed().await;
                     })
                     .await
-                    .map_err(|e| Error::Server { what: "REST", source: Box::new(e) })
+                    .map_err(|e| Error::Server {
+                        what: "REST",
+                        source: Box::new(e),
+                    })
             }),
         ));
 
@@ -156,13 +207,26 @@ impl JobManager {
             }),
         ));
 
-        let ready = Ready { id: config.id, rest_addr: rest_addr.to_string(), rpc_addr: rpc_addr.to_string(), pid: std::process::id() };
+        let ready = Ready {
+            id: config.id,
+            rest_addr: rest_addr.to_string(),
+            rpc_addr: rpc_addr.to_string(),
+            pid: std::process::id(),
+        };
         if let Some(path) = ready_file {
-            eddy_sdk::server::ready::write(path, &ready)
-                .map_err(|source| Error::ReadyFile { path: path.display().to_string(), source })?;
+            eddy_sdk::server::ready::write(path, &ready).map_err(|source| Error::ReadyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
         }
         tracing::info!(id = config.id, rest_addr = %rest_addr, rpc_addr = %rpc_addr, "jobmanager ready");
-        Ok(JobManager { ctx, rest_addr, rpc_addr, stop, tasks })
+        Ok(JobManager {
+            ctx,
+            rest_addr,
+            rpc_addr,
+            stop,
+            tasks,
+        })
     }
 
     pub fn rest_addr(&self) -> SocketAddr {
@@ -181,7 +245,8 @@ impl JobManager {
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let tasks = std::mem::take(&mut self.tasks);
         let names: Vec<&'static str> = tasks.iter().map(|(n, _)| *n).collect();
-        let mut handles: Vec<JoinHandle<Result<(), Error>>> = tasks.into_iter().map(|(_, h)| h).collect();
+        let mut handles: Vec<JoinHandle<Result<(), Error>>> =
+            tasks.into_iter().map(|(_, h)| h).collect();
         let mut failure = None;
         tokio::select! {
             _ = shutdown => {}
@@ -210,7 +275,9 @@ impl JobManager {
             }
             match tokio::time::timeout(std::time::Duration::from_secs(5), handle).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!(task = name, error = %e, "task ended with an error"),
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(task = name, error = %e, "task ended with an error")
+                }
                 Ok(Err(e)) => tracing::warn!(task = name, error = %e, "task panicked"),
                 Err(_) => tracing::warn!(task = name, "task did not stop within 5s"),
             }
@@ -223,7 +290,11 @@ impl JobManager {
 }
 
 /// Runs a JobManager until `shutdown` resolves (`main` passes SIGINT/SIGTERM).
-pub async fn run(config: Config, ready_file: Option<PathBuf>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    ready_file: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let jm = JobManager::start(config, ready_file.as_deref()).await?;
     jm.run_until(shutdown).await
 }

@@ -49,13 +49,16 @@ async fn main() -> anyhow::Result<()> {
         peers: cli.peers,
         heartbeat_timeout: cli.heartbeat_timeout,
     };
-    let config = Config::load(cli.config.as_deref(), &env, overrides).context("cannot load the configuration")?;
+    let config = Config::load(cli.config.as_deref(), &env, overrides)
+        .context("cannot load the configuration")?;
     eddy_sdk::server::telemetry::init("eddy-jobmanager", config.log_format == LogFormat::Json);
     // Nothing in the config is secret today; log it whole.
     tracing::info!(config = ?config, "effective configuration");
-    eddy_jobmanager::run(config, cli.ready_file, eddy_sdk::server::shutdown::signal()).await.map_err(|e| {
-        let chain = eddy_sdk::error::error_chain(&e);
-        tracing::error!(error = ?chain, "jobmanager failed");
-        anyhow::Error::new(e)
-    })
+    eddy_jobmanager::run(config, cli.ready_file, eddy_sdk::server::shutdown::signal())
+        .await
+        .map_err(|e| {
+            let chain = eddy_sdk::error::error_chain(&e);
+            tracing::error!(error = ?chain, "jobmanager failed");
+            anyhow::Error::new(e)
+        })
 }

@@ -49,15 +49,47 @@ impl Metrics {
         };
         let r = registry.sub_registry_with_prefix("eddy_jobmanager");
         r.register("jobs", "Jobs by state", m.jobs.clone());
-        r.register("taskmanagers_registered", "Live registered TaskManagers", m.taskmanagers_registered.clone());
-        r.register("taskmanagers_lost", "TaskManagers declared lost", m.taskmanagers_lost.clone());
-        r.register("slots_total", "Slots of live TaskManagers", m.slots_total.clone());
-        r.register("slots_free", "Slots not held by any running job", m.slots_free.clone());
+        r.register(
+            "taskmanagers_registered",
+            "Live registered TaskManagers",
+            m.taskmanagers_registered.clone(),
+        );
+        r.register(
+            "taskmanagers_lost",
+            "TaskManagers declared lost",
+            m.taskmanagers_lost.clone(),
+        );
+        r.register(
+            "slots_total",
+            "Slots of live TaskManagers",
+            m.slots_total.clone(),
+        );
+        r.register(
+            "slots_free",
+            "Slots not held by any running job",
+            m.slots_free.clone(),
+        );
         r.register("raft_term", "Current Raft term", m.raft_term.clone());
-        r.register("raft_is_leader", "1 when this JobManager is the Raft leader", m.raft_is_leader.clone());
-        r.register("raft_leader_id", "Raft id of the current leader (0 if none)", m.raft_leader_id.clone());
-        r.register("raft_applied_index", "Index of the last committed log entry applied here", m.raft_applied_index.clone());
-        r.register("rest_requests", "REST requests by route and status", m.rest_requests.clone());
+        r.register(
+            "raft_is_leader",
+            "1 when this JobManager is the Raft leader",
+            m.raft_is_leader.clone(),
+        );
+        r.register(
+            "raft_leader_id",
+            "Raft id of the current leader (0 if none)",
+            m.raft_leader_id.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Index of the last committed log entry applied here",
+            m.raft_applied_index.clone(),
+        );
+        r.register(
+            "rest_requests",
+            "REST requests by route and status",
+            m.rest_requests.clone(),
+        );
         m
     }
 
@@ -65,13 +97,18 @@ impl Metrics {
     pub fn set_jobs(&self, counts: &std::collections::BTreeMap<&'static str, u32>) {
         for state in STATES {
             let n = counts.get(state.as_str()).copied().unwrap_or(0);
-            self.jobs.get_or_create(&vec![("state".to_string(), state.as_str().to_string())]).set(i64::from(n));
+            self.jobs
+                .get_or_create(&vec![("state".to_string(), state.as_str().to_string())])
+                .set(i64::from(n));
         }
     }
 
     pub fn rest_request(&self, route: &str, status: u16) {
         self.rest_requests
-            .get_or_create(&vec![("route".to_string(), route.to_string()), ("status".to_string(), status.to_string())])
+            .get_or_create(&vec![
+                ("route".to_string(), route.to_string()),
+                ("status".to_string(), status.to_string()),
+            ])
             .inc();
     }
 }

@@ -10,7 +10,10 @@ use harness::{FakeTm, Rest, job, start_jm, wait_for};
 const GEN: &str = r#"{"id": "gen", "kind": "datagen", "fields": [{"name": "id", "type": "int64", "gen": "sequence"}]}"#;
 
 fn spec(nodes: &[&str], parallelism: u32) -> String {
-    format!(r#"{{"name": "bad", "parallelism": {parallelism}, "nodes": [{}]}}"#, nodes.join(","))
+    format!(
+        r#"{{"name": "bad", "parallelism": {parallelism}, "nodes": [{}]}}"#,
+        nodes.join(",")
+    )
 }
 
 async fn assert_invalid(rest: &Rest, body: &str, code: &str, node: Option<&str>) {
@@ -18,7 +21,10 @@ async fn assert_invalid(rest: &Rest, body: &str, code: &str, node: Option<&str>)
     assert_eq!(status, 400, "{answer}");
     let error = &answer["error"];
     assert_eq!(error["code"], code, "{answer}");
-    assert!(!error["message"].as_str().unwrap_or("").is_empty(), "{answer}");
+    assert!(
+        !error["message"].as_str().unwrap_or("").is_empty(),
+        "{answer}"
+    );
     if let Some(node) = node {
         assert_eq!(error["node"], node, "{answer}");
     }
@@ -31,22 +37,57 @@ async fn submit_malformed_specs_answer_400_with_code_message_node() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-1", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
 
-    assert_invalid(&rest, &spec(&[GEN, r#"{"id": "x", "kind": "nope", "input": "gen"}"#], 1), "invalid_spec", Some("x")).await;
-    assert_invalid(&rest, &spec(&[GEN, r#"{"id": "out", "kind": "print"}"#], 1), "invalid_spec", Some("out")).await;
+    assert_invalid(
+        &rest,
+        &spec(&[GEN, r#"{"id": "x", "kind": "nope", "input": "gen"}"#], 1),
+        "invalid_spec",
+        Some("x"),
+    )
+    .await;
+    assert_invalid(
+        &rest,
+        &spec(&[GEN, r#"{"id": "out", "kind": "print"}"#], 1),
+        "invalid_spec",
+        Some("out"),
+    )
+    .await;
     let cycle = [
         GEN,
         r#"{"id": "a", "kind": "filter", "input": "b", "predicate": "true"}"#,
         r#"{"id": "b", "kind": "filter", "input": "a", "predicate": "true"}"#,
     ];
     assert_invalid(&rest, &spec(&cycle, 1), "invalid_spec", None).await;
-    assert_invalid(&rest, &spec(&[GEN, r#"{"id": "out", "kind": "print", "input": "gen"}"#], 0), "invalid_spec", None).await;
-    assert_invalid(&rest, &spec(&[GEN, r#"{"id": "out", "kind": "print", "input": "gen"}"#], 3), "insufficient_slots", None)
-        .await;
+    assert_invalid(
+        &rest,
+        &spec(
+            &[GEN, r#"{"id": "out", "kind": "print", "input": "gen"}"#],
+            0,
+        ),
+        "invalid_spec",
+        None,
+    )
+    .await;
+    assert_invalid(
+        &rest,
+        &spec(
+            &[GEN, r#"{"id": "out", "kind": "print", "input": "gen"}"#],
+            3,
+        ),
+        "insufficient_slots",
+        None,
+    )
+    .await;
     // Not a spec at all.
     let (status, answer) = rest.post("/v1/jobs", "{not json", "application/json").await;
-    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
     // YAML is accepted with a YAML content type.
     let yaml = "name: y\nnodes:\n  - {id: gen, kind: datagen, fields: [{name: id, type: int64, gen: sequence}]}\n  - {id: out, kind: print, input: gen}\n";
     let (status, answer) = rest.post("/v1/jobs", yaml, "application/yaml").await;
@@ -62,10 +103,27 @@ async fn submit_bad_sql_and_unknown_column_answer_400() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-1", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
-    let bad_sql = spec(&[GEN, r#"{"id": "f", "kind": "filter", "input": "gen", "predicate": "id >>> 3"}"#, r#"{"id": "out", "kind": "print", "input": "f"}"#], 1);
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
+    let bad_sql = spec(
+        &[
+            GEN,
+            r#"{"id": "f", "kind": "filter", "input": "gen", "predicate": "id >>> 3"}"#,
+            r#"{"id": "out", "kind": "print", "input": "f"}"#,
+        ],
+        1,
+    );
     assert_invalid(&rest, &bad_sql, "invalid_spec", Some("f")).await;
-    let unknown_col = spec(&[GEN, r#"{"id": "f", "kind": "filter", "input": "gen", "predicate": "nope > 3"}"#, r#"{"id": "out", "kind": "print", "input": "f"}"#], 1);
+    let unknown_col = spec(
+        &[
+            GEN,
+            r#"{"id": "f", "kind": "filter", "input": "gen", "predicate": "nope > 3"}"#,
+            r#"{"id": "out", "kind": "print", "input": "f"}"#,
+        ],
+        1,
+    );
     assert_invalid(&rest, &unknown_col, "invalid_spec", Some("f")).await;
     jm.shutdown().await;
 }
@@ -77,12 +135,28 @@ async fn rest_unknown_route_wrong_method_big_body_keep_error_shape() {
     let jm = start_jm(dir.path()).await;
     let rest = Rest::new(&jm);
     let (status, body) = rest.get("/v1/nope").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, body) = rest.get("/v1/jobs/unknown").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let (status, body) = rest.post("/v1/jobs/unknown/cancel", "", "application/json").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let r = rest.http.delete(format!("{}/v1/jobs", rest.base)).send().await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = rest
+        .post("/v1/jobs/unknown/cancel", "", "application/json")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = rest
+        .http
+        .delete(format!("{}/v1/jobs", rest.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["error"]["message"].is_string());
@@ -93,8 +167,19 @@ async fn rest_unknown_route_wrong_method_big_body_keep_error_shape() {
     let (status, body) = rest.get("/v1/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(body["openapi"], "3.1.0");
-    let metrics = rest.http.get(format!("{}/metrics", rest.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("eddy_jobmanager_rest_requests_total"), "{metrics}");
+    let metrics = rest
+        .http
+        .get(format!("{}/metrics", rest.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("eddy_jobmanager_rest_requests_total"),
+        "{metrics}"
+    );
     assert!(metrics.contains("eddy_jobmanager_raft_term"), "{metrics}");
     jm.shutdown().await;
 }
@@ -109,7 +194,10 @@ async fn job_runs_spread_over_two_tms_and_finishes() {
     let a = FakeTm::start("tm-a", 2, &rpc).await;
     let b = FakeTm::start("tm-b", 2, &rpc).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 4 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 4
+    })
+    .await;
 
     let id = rest.submit(&job(2)).await;
     rest.wait_state(&id, "RUNNING").await;
@@ -122,22 +210,34 @@ async fn job_runs_spread_over_two_tms_and_finishes() {
 
     wait_for("metrics in detail", || async {
         let detail = rest.get(&format!("/v1/jobs/{id}")).await.1;
-        detail["vertices"][0]["subtasks"][0]["state"] == "RUNNING" && detail["vertices"][0]["records_in"] == 20
+        detail["vertices"][0]["subtasks"][0]["state"] == "RUNNING"
+            && detail["vertices"][0]["records_in"] == 20
     })
     .await;
     let detail = rest.get(&format!("/v1/jobs/{id}")).await.1;
     assert_eq!(detail["vertices"][0]["backpressure"], 0.3);
     assert!(detail["start_time"].is_string());
     let overview = rest.get("/v1/overview").await.1;
-    assert_eq!((overview["slots_free"].as_u64(), overview["jobs_running"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (
+            overview["slots_free"].as_u64(),
+            overview["jobs_running"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
 
     a.set_job_state(&id, pb::TaskState::Finished, None);
     b.set_job_state(&id, pb::TaskState::Finished, None);
     rest.wait_state(&id, "FINISHED").await;
     let detail = rest.get(&format!("/v1/jobs/{id}")).await.1;
     assert!(detail["end_time"].is_string());
-    let (status, body) = rest.post(&format!("/v1/jobs/{id}/cancel"), "", "application/json").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    let (status, body) = rest
+        .post(&format!("/v1/jobs/{id}/cancel"), "", "application/json")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     jm.shutdown().await;
 }
 
@@ -149,16 +249,29 @@ async fn failed_subtask_fails_job_with_chain_and_cancels() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
-    tm.set_job_state(&id, pb::TaskState::Failed, Some(("operator failed <- division by zero", "bad_data")));
+    tm.set_job_state(
+        &id,
+        pb::TaskState::Failed,
+        Some(("operator failed <- division by zero", "bad_data")),
+    );
     rest.wait_state(&id, "FAILED").await;
     let failure = rest.get(&format!("/v1/jobs/{id}")).await.1["failure"].clone();
     assert_eq!(failure["class"], "bad_data");
-    assert_eq!(failure["chain"], serde_json::json!(["operator failed", "division by zero"]));
+    assert_eq!(
+        failure["chain"],
+        serde_json::json!(["operator failed", "division by zero"])
+    );
     assert_eq!(failure["taskmanager"], "tm-a");
-    wait_for("cancel sent", || async { tm.cancelled_jobs().contains(&id) }).await;
+    wait_for("cancel sent", || async {
+        tm.cancelled_jobs().contains(&id)
+    })
+    .await;
     jm.shutdown().await;
 }
 
@@ -170,19 +283,30 @@ async fn lost_tm_fails_its_job_as_infrastructure() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
     tm.silent.store(true, std::sync::atomic::Ordering::SeqCst);
     rest.wait_state(&id, "FAILED").await;
     let failure = rest.get(&format!("/v1/jobs/{id}")).await.1["failure"].clone();
     assert_eq!(failure["class"], "infrastructure");
-    assert!(failure["message"].as_str().unwrap().starts_with("taskmanager tm-a lost: no heartbeat for"), "{failure}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("taskmanager tm-a lost: no heartbeat for"),
+        "{failure}"
+    );
     let tms = rest.get("/v1/taskmanagers").await.1;
     assert_eq!(tms["taskmanagers"][0]["state"], "LOST");
     tm.silent.store(false, std::sync::atomic::Ordering::SeqCst);
-    wait_for("re-registration", || async { rest.get("/v1/taskmanagers").await.1["taskmanagers"][0]["state"] == "ALIVE" })
-        .await;
+    wait_for("re-registration", || async {
+        rest.get("/v1/taskmanagers").await.1["taskmanagers"][0]["state"] == "ALIVE"
+    })
+    .await;
     jm.shutdown().await;
 }
 
@@ -193,10 +317,15 @@ async fn cancel_running_job_ends_canceled() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let id = rest.submit(&job(2)).await;
     rest.wait_state(&id, "RUNNING").await;
-    let (status, _) = rest.post(&format!("/v1/jobs/{id}/cancel"), "", "application/json").await;
+    let (status, _) = rest
+        .post(&format!("/v1/jobs/{id}/cancel"), "", "application/json")
+        .await;
     assert_eq!(status, 202);
     rest.wait_state(&id, "CANCELED").await;
     assert!(tm.cancelled_jobs().contains(&id));
@@ -211,16 +340,21 @@ async fn job_waits_for_busy_slots_then_runs() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let first = rest.submit(&job(2)).await;
     rest.wait_state(&first, "RUNNING").await;
     let second = rest.submit(&job(2)).await;
     wait_for("waiting message", || async {
-        rest.get(&format!("/v1/jobs/{second}")).await.1["status_message"] == "waiting for 2 free slots (0 free)"
+        rest.get(&format!("/v1/jobs/{second}")).await.1["status_message"]
+            == "waiting for 2 free slots (0 free)"
     })
     .await;
     assert_eq!(rest.job_state(&second).await, "CREATED");
-    rest.post(&format!("/v1/jobs/{first}/cancel"), "", "application/json").await;
+    rest.post(&format!("/v1/jobs/{first}/cancel"), "", "application/json")
+        .await;
     rest.wait_state(&first, "CANCELED").await;
     rest.wait_state(&second, "RUNNING").await;
     jm.shutdown().await;
@@ -234,13 +368,19 @@ async fn deploy_failure_fails_job_with_chain() {
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     *tm.fail_deploy.lock().unwrap() = Some("slot 0 is broken".into());
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "FAILED").await;
     let failure = rest.get(&format!("/v1/jobs/{id}")).await.1["failure"].clone();
     assert_eq!(failure["class"], "infrastructure");
     let chain = failure["chain"].to_string();
-    assert!(chain.contains("tm-a") && chain.contains("slot 0 is broken"), "{chain}");
+    assert!(
+        chain.contains("tm-a") && chain.contains("slot 0 is broken"),
+        "{chain}"
+    );
     jm.shutdown().await;
 }
 
@@ -252,12 +392,20 @@ async fn restart_same_data_dir_keeps_jobs_and_reattaches_tasks() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let running = rest.submit(&job(1)).await;
     rest.wait_state(&running, "RUNNING").await;
     let canceled = rest.submit(&job(1)).await;
     rest.wait_state(&canceled, "RUNNING").await;
-    rest.post(&format!("/v1/jobs/{canceled}/cancel"), "", "application/json").await;
+    rest.post(
+        &format!("/v1/jobs/{canceled}/cancel"),
+        "",
+        "application/json",
+    )
+    .await;
     rest.wait_state(&canceled, "CANCELED").await;
     tm.stop();
     jm.shutdown().await;
@@ -266,8 +414,16 @@ async fn restart_same_data_dir_keeps_jobs_and_reattaches_tasks() {
     let jm = start_jm(dir.path()).await;
     let rest = Rest::new(&jm);
     let jobs = rest.get("/v1/jobs").await.1;
-    let ids: Vec<&str> = jobs["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&running.as_str()) && ids.contains(&canceled.as_str()), "{jobs}");
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&running.as_str()) && ids.contains(&canceled.as_str()),
+        "{jobs}"
+    );
     assert_eq!(rest.job_state(&canceled).await, "CANCELED");
     assert_eq!(rest.job_state(&running).await, "RUNNING");
     let tasks = tm.tasks.lock().unwrap().clone();
@@ -287,7 +443,10 @@ async fn restart_without_tm_fails_job_did_not_reregister() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async { rest.get("/v1/overview").await.1["slots_total"] == 2 }).await;
+    wait_for("slots", || async {
+        rest.get("/v1/overview").await.1["slots_total"] == 2
+    })
+    .await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
     tm.stop();

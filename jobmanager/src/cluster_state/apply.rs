@@ -28,7 +28,12 @@ pub enum Command {
     SetStatusMessage { id: JobId, message: Option<String> },
     /// The job's subtasks were placed on slots; the job stays CREATED until
     /// its tasks are deployed.
-    JobScheduled { id: JobId, attempt: Attempt, placements: Vec<Placement>, time_ms: i64 },
+    JobScheduled {
+        id: JobId,
+        attempt: Attempt,
+        placements: Vec<Placement>,
+        time_ms: i64,
+    },
     /// A lifecycle transition. With `attempt`, the command only applies to that
     /// attempt (a late decision about an older attempt is refused as stale).
     JobStateChanged {
@@ -81,7 +86,10 @@ impl Response {
 }
 
 fn reject(kind: RejectionKind, message: impl Into<String>) -> Response {
-    Response::Rejected(Rejection { kind, message: message.into() })
+    Response::Rejected(Rejection {
+        kind,
+        message: message.into(),
+    })
 }
 
 /// Whether a job may move from `from` to `to`.
@@ -100,7 +108,14 @@ impl ClusterState {
     /// state and the command.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
-            Command::SubmitJob { id, name, spec_json, parallelism, max_parallelism, time_ms } => {
+            Command::SubmitJob {
+                id,
+                name,
+                spec_json,
+                parallelism,
+                max_parallelism,
+                time_ms,
+            } => {
                 if self.jobs.contains_key(id) {
                     return reject(RejectionKind::Conflict, format!("job {id} already exists"));
                 }
@@ -131,8 +146,20 @@ impl ClusterState {
                 }
                 Err(r) => r,
             },
-            Command::JobScheduled { id, attempt, placements, .. } => self.schedule(id, *attempt, placements),
-            Command::JobStateChanged { id, attempt, state, time_ms, message, failure } => {
+            Command::JobScheduled {
+                id,
+                attempt,
+                placements,
+                ..
+            } => self.schedule(id, *attempt, placements),
+            Command::JobStateChanged {
+                id,
+                attempt,
+                state,
+                time_ms,
+                message,
+                failure,
+            } => {
                 let job = match self.live_job(id) {
                     Ok(job) => job,
                     Err(r) => return r,
@@ -142,14 +169,23 @@ impl ClusterState {
                 {
                     return reject(
                         RejectionKind::Stale,
-                        format!("job {id} is at attempt {}, not {}", job.attempt.0, attempt.0),
+                        format!(
+                            "job {id} is at attempt {}, not {}",
+                            job.attempt.0, attempt.0
+                        ),
                     );
                 }
                 if !transition_allowed(job.state, *state) {
-                    return reject(RejectionKind::Conflict, format!("job {id} cannot go from {} to {state}", job.state));
+                    return reject(
+                        RejectionKind::Conflict,
+                        format!("job {id} cannot go from {} to {state}", job.state),
+                    );
                 }
                 if *state == JobState::Running && job.placements.is_empty() {
-                    return reject(RejectionKind::Conflict, format!("job {id} cannot run before it is scheduled"));
+                    return reject(
+                        RejectionKind::Conflict,
+                        format!("job {id} cannot run before it is scheduled"),
+                    );
                 }
                 job.state = *state;
                 job.status_message = message.clone();
@@ -194,9 +230,15 @@ impl ClusterState {
 
     /// The job if it exists and is not terminal.
     fn live_job(&mut self, id: &JobId) -> Result<&mut JobRecord, Response> {
-        let job = self.jobs.get_mut(id).ok_or_else(|| reject(RejectionKind::NotFound, format!("no job {id}")))?;
+        let job = self
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| reject(RejectionKind::NotFound, format!("no job {id}")))?;
         if job.state.is_terminal() {
-            return Err(reject(RejectionKind::Conflict, format!("job {id} is already {}", job.state)));
+            return Err(reject(
+                RejectionKind::Conflict,
+                format!("job {id} is already {}", job.state),
+            ));
         }
         Ok(job)
     }
@@ -204,11 +246,21 @@ impl ClusterState {
     fn schedule(&mut self, id: &JobId, attempt: Attempt, placements: &[Placement]) -> Response {
         // Slots of every other live job: a placement must not take one of them.
         let mut taken: BTreeSet<(&_, _)> = BTreeSet::new();
-        for other in self.jobs.values().filter(|j| j.holds_slots() && &j.id != id) {
+        for other in self
+            .jobs
+            .values()
+            .filter(|j| j.holds_slots() && &j.id != id)
+        {
             taken.extend(other.placements.iter().map(|p| (&p.tm_id, p.slot)));
         }
-        if let Some(p) = placements.iter().find(|p| taken.contains(&(&p.tm_id, p.slot))) {
-            let message = format!("slot {} of taskmanager {} is held by another job", p.slot.0, p.tm_id);
+        if let Some(p) = placements
+            .iter()
+            .find(|p| taken.contains(&(&p.tm_id, p.slot)))
+        {
+            let message = format!(
+                "slot {} of taskmanager {} is held by another job",
+                p.slot.0, p.tm_id
+            );
             return reject(RejectionKind::Conflict, message);
         }
         let job = match self.live_job(id) {
@@ -216,14 +268,26 @@ impl ClusterState {
             Err(r) => return r,
         };
         if job.state != JobState::Created {
-            return reject(RejectionKind::Conflict, format!("job {id} is {}, only a CREATED job is scheduled", job.state));
+            return reject(
+                RejectionKind::Conflict,
+                format!("job {id} is {}, only a CREATED job is scheduled", job.state),
+            );
         }
         let newer = attempt > job.attempt || (attempt == job.attempt && job.placements.is_empty());
         if !newer {
-            return reject(RejectionKind::Stale, format!("job {id} is at attempt {}, not {}", job.attempt.0, attempt.0));
+            return reject(
+                RejectionKind::Stale,
+                format!(
+                    "job {id} is at attempt {}, not {}",
+                    job.attempt.0, attempt.0
+                ),
+            );
         }
         if placements.is_empty() {
-            return reject(RejectionKind::Conflict, format!("job {id} cannot be scheduled on no slots"));
+            return reject(
+                RejectionKind::Conflict,
+                format!("job {id} cannot be scheduled on no slots"),
+            );
         }
         job.attempt = attempt;
         job.placements = placements.to_vec();
@@ -251,22 +315,42 @@ mod tests {
     }
 
     fn placement(tm: &str, slot: u32) -> Placement {
-        Placement { vertex: VertexId(0), index: SubtaskIndex(0), tm_id: TaskManagerId::from(tm), slot: SlotIndex(slot) }
+        Placement {
+            vertex: VertexId(0),
+            index: SubtaskIndex(0),
+            tm_id: TaskManagerId::from(tm),
+            slot: SlotIndex(slot),
+        }
     }
 
     fn schedule(id: &str, attempt: u32, tm: &str, slot: u32) -> Command {
-        Command::JobScheduled { id: id.into(), attempt: Attempt(attempt), placements: vec![placement(tm, slot)], time_ms: 20 }
+        Command::JobScheduled {
+            id: id.into(),
+            attempt: Attempt(attempt),
+            placements: vec![placement(tm, slot)],
+            time_ms: 20,
+        }
     }
 
     fn change(id: &str, state: JobState, time_ms: i64) -> Command {
-        Command::JobStateChanged { id: id.into(), attempt: None, state, time_ms, message: None, failure: None }
+        Command::JobStateChanged {
+            id: id.into(),
+            attempt: None,
+            state,
+            time_ms,
+            message: None,
+            failure: None,
+        }
     }
 
     fn running(id: &str) -> ClusterState {
         let mut s = ClusterState::default();
         submit(&mut s, id);
         assert_eq!(s.apply(&schedule(id, 0, "tm-a", 0)), Response::Applied);
-        assert_eq!(s.apply(&change(id, JobState::Running, 30)), Response::Applied);
+        assert_eq!(
+            s.apply(&change(id, JobState::Running, 30)),
+            Response::Applied
+        );
         s
     }
 
@@ -280,10 +364,16 @@ mod tests {
     #[test]
     fn apply_submit_schedule_run_finish_records_times() {
         let mut s = running("j");
-        assert_eq!(s.apply(&change("j", JobState::Finished, 40)), Response::Applied);
+        assert_eq!(
+            s.apply(&change("j", JobState::Finished, 40)),
+            Response::Applied
+        );
         let job = s.job(&"j".into()).unwrap();
         assert_eq!(job.state, JobState::Finished);
-        assert_eq!((job.submitted_at_ms, job.start_time_ms, job.end_time_ms), (10, Some(30), Some(40)));
+        assert_eq!(
+            (job.submitted_at_ms, job.start_time_ms, job.end_time_ms),
+            (10, Some(30), Some(40))
+        );
         assert!(s.slots_in_use().is_empty(), "a finished job holds no slots");
     }
 
@@ -291,7 +381,10 @@ mod tests {
     fn apply_finished_to_running_is_refused() {
         let mut s = running("j");
         s.apply(&change("j", JobState::Finished, 40));
-        assert_eq!(kind(s.apply(&change("j", JobState::Running, 50))), Some(RejectionKind::Conflict));
+        assert_eq!(
+            kind(s.apply(&change("j", JobState::Running, 50))),
+            Some(RejectionKind::Conflict)
+        );
         assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Finished);
     }
 
@@ -300,33 +393,61 @@ mod tests {
         let mut s = running("j");
         s.apply(&change("j", JobState::Failed, 40));
         for cmd in [
-            Command::CancelJob { id: "j".into(), time_ms: 50 },
+            Command::CancelJob {
+                id: "j".into(),
+                time_ms: 50,
+            },
             schedule("j", 1, "tm-a", 0),
-            Command::SetStatusMessage { id: "j".into(), message: Some("x".into()) },
+            Command::SetStatusMessage {
+                id: "j".into(),
+                message: Some("x".into()),
+            },
         ] {
-            assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Conflict), "{cmd:?}");
+            assert_eq!(
+                kind(s.apply(&cmd)),
+                Some(RejectionKind::Conflict),
+                "{cmd:?}"
+            );
         }
     }
 
     #[test]
     fn apply_unknown_job_is_not_found() {
         let mut s = ClusterState::default();
-        assert_eq!(kind(s.apply(&change("nope", JobState::Running, 1))), Some(RejectionKind::NotFound));
-        assert_eq!(kind(s.apply(&Command::CancelJob { id: "nope".into(), time_ms: 1 })), Some(RejectionKind::NotFound));
+        assert_eq!(
+            kind(s.apply(&change("nope", JobState::Running, 1))),
+            Some(RejectionKind::NotFound)
+        );
+        assert_eq!(
+            kind(s.apply(&Command::CancelJob {
+                id: "nope".into(),
+                time_ms: 1
+            })),
+            Some(RejectionKind::NotFound)
+        );
     }
 
     #[test]
     fn apply_running_without_placements_is_refused() {
         let mut s = ClusterState::default();
         submit(&mut s, "j");
-        assert_eq!(kind(s.apply(&change("j", JobState::Running, 1))), Some(RejectionKind::Conflict));
+        assert_eq!(
+            kind(s.apply(&change("j", JobState::Running, 1))),
+            Some(RejectionKind::Conflict)
+        );
     }
 
     #[test]
     fn apply_cancel_unscheduled_job_is_canceled_at_once() {
         let mut s = ClusterState::default();
         submit(&mut s, "j");
-        assert_eq!(s.apply(&Command::CancelJob { id: "j".into(), time_ms: 5 }), Response::Applied);
+        assert_eq!(
+            s.apply(&Command::CancelJob {
+                id: "j".into(),
+                time_ms: 5
+            }),
+            Response::Applied
+        );
         assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Canceled);
         assert_eq!(s.job(&"j".into()).unwrap().end_time_ms, Some(5));
     }
@@ -334,10 +455,22 @@ mod tests {
     #[test]
     fn apply_cancel_running_job_goes_through_cancelling() {
         let mut s = running("j");
-        assert_eq!(s.apply(&Command::CancelJob { id: "j".into(), time_ms: 5 }), Response::Applied);
+        assert_eq!(
+            s.apply(&Command::CancelJob {
+                id: "j".into(),
+                time_ms: 5
+            }),
+            Response::Applied
+        );
         assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Cancelling);
-        assert_eq!(kind(s.apply(&change("j", JobState::Finished, 6))), Some(RejectionKind::Conflict));
-        assert_eq!(s.apply(&change("j", JobState::Canceled, 7)), Response::Applied);
+        assert_eq!(
+            kind(s.apply(&change("j", JobState::Finished, 6))),
+            Some(RejectionKind::Conflict)
+        );
+        assert_eq!(
+            s.apply(&change("j", JobState::Canceled, 7)),
+            Response::Applied
+        );
     }
 
     #[test]
@@ -359,7 +492,10 @@ mod tests {
     fn apply_schedule_on_slot_of_other_job_is_refused() {
         let mut s = running("a");
         submit(&mut s, "b");
-        assert_eq!(kind(s.apply(&schedule("b", 0, "tm-a", 0))), Some(RejectionKind::Conflict));
+        assert_eq!(
+            kind(s.apply(&schedule("b", 0, "tm-a", 0))),
+            Some(RejectionKind::Conflict)
+        );
         assert_eq!(s.apply(&schedule("b", 0, "tm-a", 1)), Response::Applied);
         assert_eq!(s.slots_in_use()[&TaskManagerId::from("tm-a")].len(), 2);
     }

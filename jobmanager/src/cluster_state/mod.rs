@@ -12,9 +12,9 @@ mod apply;
 
 pub use apply::{Command, Rejection, RejectionKind, Response};
 
+use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
 use eddy_sdk::rest::JobState;
-use eddy_sdk::FailureClass;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,7 +100,10 @@ impl ClusterState {
 
     /// Non-terminal jobs with a subtask on `tm`.
     pub fn active_jobs_on(&self, tm: &TaskManagerId) -> Vec<&JobRecord> {
-        self.jobs.values().filter(|j| j.holds_slots() && j.placements.iter().any(|p| &p.tm_id == tm)).collect()
+        self.jobs
+            .values()
+            .filter(|j| j.holds_slots() && j.placements.iter().any(|p| &p.tm_id == tm))
+            .collect()
     }
 
     /// Number of jobs per state.

@@ -59,7 +59,10 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Driver { ctx, leadership: None }
+        Driver {
+            ctx,
+            leadership: None,
+        }
     }
 
     /// Runs until `shutdown` changes or its sender is dropped.
@@ -93,7 +96,10 @@ impl Driver {
         }
         let term = self.ctx.term();
         if self.leadership.as_ref().map(|l| l.term) != Some(term) {
-            info!(term, "leading: taskmanagers re-register with this jobmanager");
+            info!(
+                term,
+                "leading: taskmanagers re-register with this jobmanager"
+            );
             // Heartbeats went elsewhere while another node led: what this
             // node remembers about TaskManagers is stale.
             self.ctx.registry(|r| *r = Registry::default());
@@ -108,9 +114,18 @@ impl Driver {
         }
         self.expire_taskmanagers().await;
         self.cancel_stray_tasks();
-        let mut jobs: Vec<JobRecord> =
-            self.ctx.read(|s| s.jobs.values().filter(|j| !j.state.is_terminal()).cloned().collect());
-        jobs.sort_by(|a, b| a.submitted_at_ms.cmp(&b.submitted_at_ms).then_with(|| a.id.cmp(&b.id)));
+        let mut jobs: Vec<JobRecord> = self.ctx.read(|s| {
+            s.jobs
+                .values()
+                .filter(|j| !j.state.is_terminal())
+                .cloned()
+                .collect()
+        });
+        jobs.sort_by(|a, b| {
+            a.submitted_at_ms
+                .cmp(&b.submitted_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         let mut capacity: Option<Vec<Capacity>> = None;
         for job in &jobs {
             match job.state {
@@ -130,13 +145,20 @@ impl Driver {
     }
 
     fn leadership_since(&self) -> Instant {
-        self.leadership.as_ref().map_or_else(Instant::now, |l| l.since)
+        self.leadership
+            .as_ref()
+            .map_or_else(Instant::now, |l| l.since)
     }
 
     async fn announce_rest_url(&self) {
-        let known = self.ctx.read(|s| s.jobmanager_rest_urls.get(&self.ctx.id).cloned());
+        let known = self
+            .ctx
+            .read(|s| s.jobmanager_rest_urls.get(&self.ctx.id).cloned());
         if known.as_deref() != Some(self.ctx.rest_url.as_str()) {
-            let cmd = Command::SetJobManagerRestUrl { node: self.ctx.id, url: self.ctx.rest_url.clone() };
+            let cmd = Command::SetJobManagerRestUrl {
+                node: self.ctx.id,
+                url: self.ctx.rest_url.clone(),
+            };
             if let Err(e) = self.ctx.write(cmd).await {
                 warn!(error = %e, "cannot announce this jobmanager's REST URL");
             }
@@ -149,11 +171,18 @@ impl Driver {
         {
             let raft = ctx.raft.metrics();
             let raft = raft.borrow();
-            m.raft_term.set(i64::try_from(raft.current_term).unwrap_or(i64::MAX));
-            m.raft_is_leader.set(i64::from(raft.current_leader == Some(ctx.id)));
-            m.raft_leader_id.set(raft.current_leader.and_then(|id| i64::try_from(id).ok()).unwrap_or(0));
+            m.raft_term
+                .set(i64::try_from(raft.current_term).unwrap_or(i64::MAX));
+            m.raft_is_leader
+                .set(i64::from(raft.current_leader == Some(ctx.id)));
+            m.raft_leader_id.set(
+                raft.current_leader
+                    .and_then(|id| i64::try_from(id).ok())
+                    .unwrap_or(0),
+            );
             let applied = raft.last_applied.map_or(0, |l| l.index);
-            m.raft_applied_index.set(i64::try_from(applied).unwrap_or(i64::MAX));
+            m.raft_applied_index
+                .set(i64::try_from(applied).unwrap_or(i64::MAX));
         }
         let (counts, used) = ctx.read(|s| (s.count_by_state(), s.slots_in_use()));
         m.set_jobs(&counts);
@@ -162,7 +191,10 @@ impl Driver {
             m.taskmanagers_registered.set(alive);
             m.taskmanagers_lost.set(r.all().count() as i64 - alive);
             let total = i64::from(r.total_slots());
-            let busy: i64 = r.alive().map(|tm| used.get(&tm.id).map_or(0, |s| s.len() as i64)).sum();
+            let busy: i64 = r
+                .alive()
+                .map(|tm| used.get(&tm.id).map_or(0, |s| s.len() as i64))
+                .sum();
             m.slots_total.set(total);
             m.slots_free.set((total - busy).max(0));
         });
@@ -175,10 +207,13 @@ impl Driver {
         for tm in lost {
             let secs = tm.silent_for.as_secs();
             warn!(tm_id = %tm.id, silent_for_s = secs, "taskmanager lost: no heartbeat");
-            let jobs: Vec<JobRecord> = self.ctx.read(|s| s.active_jobs_on(&tm.id).into_iter().cloned().collect());
+            let jobs: Vec<JobRecord> = self
+                .ctx
+                .read(|s| s.active_jobs_on(&tm.id).into_iter().cloned().collect());
             for job in jobs.iter().filter(|j| j.state != JobState::Cancelling) {
                 let message = format!("taskmanager {} lost: no heartbeat for {secs}s", tm.id);
-                self.fail_job(job, infrastructure(message, Some(tm.id.clone()))).await;
+                self.fail_job(job, infrastructure(message, Some(tm.id.clone())))
+                    .await;
             }
         }
     }
@@ -186,12 +221,18 @@ impl Driver {
     /// Prunes statuses of ended attempts and cancels tasks that run for a job
     /// that is unknown, terminal or at a newer attempt.
     fn cancel_stray_tasks(&mut self) {
-        let jobs: HashMap<JobId, (JobState, Attempt)> =
-            self.ctx.read(|s| s.jobs.values().map(|j| (j.id.clone(), (j.state, j.attempt))).collect());
+        let jobs: HashMap<JobId, (JobState, Attempt)> = self.ctx.read(|s| {
+            s.jobs
+                .values()
+                .map(|j| (j.id.clone(), (j.state, j.attempt)))
+                .collect()
+        });
         let mut strays: BTreeSet<(TaskManagerId, String, JobId)> = BTreeSet::new();
         self.ctx.registry(|r| {
             r.retain_tasks(|_, key, status| match jobs.get(&key.job_id) {
-                Some((state, attempt)) => !status.is_terminal() || (!state.is_terminal() && status.attempt == *attempt),
+                Some((state, attempt)) => {
+                    !status.is_terminal() || (!state.is_terminal() && status.attempt == *attempt)
+                }
                 None => !status.is_terminal(),
             });
             for tm in r.alive() {
@@ -206,7 +247,9 @@ impl Driver {
                 }
             }
         });
-        let Some(l) = self.leadership.as_mut() else { return };
+        let Some(l) = self.leadership.as_mut() else {
+            return;
+        };
         for (tm_id, addr, job_id) in strays {
             let key = (tm_id.clone(), job_id.clone());
             if l.stray_cancel_sent.contains_key(&key) {
@@ -227,9 +270,15 @@ impl Driver {
                         None => Presence::Unregistered,
                         Some(tm) if tm.lost => Presence::Lost,
                         Some(tm) => {
-                            let key = TaskKey { job_id: job.id.clone(), vertex: p.vertex, index: p.index };
+                            let key = TaskKey {
+                                job_id: job.id.clone(),
+                                vertex: p.vertex,
+                                index: p.index,
+                            };
                             match tm.tasks.get(&key) {
-                                Some(status) if status.attempt == job.attempt => Presence::Reported(status.clone()),
+                                Some(status) if status.attempt == job.attempt => {
+                                    Presence::Reported(status.clone())
+                                }
                                 _ => Presence::Missing,
                             }
                         }
@@ -261,7 +310,8 @@ impl Driver {
             }
         };
         let ctx = &self.ctx;
-        let cap = capacity.get_or_insert_with(|| ctx.read(|s| ctx.registry(|r| scheduler::capacity(s, r))));
+        let cap = capacity
+            .get_or_insert_with(|| ctx.read(|s| ctx.registry(|r| scheduler::capacity(s, r))));
         match scheduler::solve(cap, &vertices) {
             Ok(placements) => {
                 for p in &placements {
@@ -280,7 +330,12 @@ impl Driver {
                     warn!(job_id = %job.id, error = %e, "cannot commit the job's placements");
                     return;
                 }
-                let tms: Vec<String> = placements.iter().map(|p| p.tm_id.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+                let tms: Vec<String> = placements
+                    .iter()
+                    .map(|p| p.tm_id.to_string())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 info!(job_id = %job.id, attempt = attempt.0, ?tms, "job scheduled");
                 self.deploy(job, attempt, &placements).await;
             }
@@ -288,7 +343,10 @@ impl Driver {
                 let message = shortage.to_string();
                 if job.status_message.as_deref() != Some(message.as_str()) {
                     info!(job_id = %job.id, needed = shortage.needed, free = shortage.free, "job waiting for slots");
-                    let cmd = Command::SetStatusMessage { id: job.id.clone(), message: Some(message) };
+                    let cmd = Command::SetStatusMessage {
+                        id: job.id.clone(),
+                        message: Some(message),
+                    };
                     if let Err(e) = self.ctx.write(cmd).await {
                         warn!(job_id = %job.id, error = %e, "cannot record why the job waits");
                     }
@@ -298,7 +356,9 @@ impl Driver {
     }
 
     async fn deploy(&mut self, job: &JobRecord, attempt: Attempt, placements: &[Placement]) {
-        match taskmanager_calls::deploy(&self.ctx, &job.id, attempt, &job.spec_json, placements).await {
+        match taskmanager_calls::deploy(&self.ctx, &job.id, attempt, &job.spec_json, placements)
+            .await
+        {
             Ok(()) => {
                 let cmd = Command::JobStateChanged {
                     id: job.id.clone(),
@@ -310,7 +370,9 @@ impl Driver {
                 };
                 match self.ctx.write(cmd).await {
                     Ok(()) => info!(job_id = %job.id, attempt = attempt.0, "job running"),
-                    Err(e) => warn!(job_id = %job.id, error = %e, "cannot record the job as running"),
+                    Err(e) => {
+                        warn!(job_id = %job.id, error = %e, "cannot record the job as running")
+                    }
                 }
             }
             Err(e) => {
@@ -356,7 +418,9 @@ impl Driver {
                 failure: None,
             };
             match self.ctx.write(cmd).await {
-                Ok(()) => info!(job_id = %job.id, "job's tasks found running after a leader change"),
+                Ok(()) => {
+                    info!(job_id = %job.id, "job's tasks found running after a leader change")
+                }
                 Err(e) => warn!(job_id = %job.id, error = %e, "cannot record the job as running"),
             }
         } else if self.leadership_since().elapsed() > self.timeout() {
@@ -375,7 +439,10 @@ impl Driver {
             _ => None,
         }) {
             let chain = if status.failure_chain.is_empty() {
-                vec![format!("subtask {}/{} failed on taskmanager {}", p.vertex, p.index, p.tm_id)]
+                vec![format!(
+                    "subtask {}/{} failed on taskmanager {}",
+                    p.vertex, p.index, p.tm_id
+                )]
             } else {
                 status.failure_chain.clone()
             };
@@ -390,8 +457,9 @@ impl Driver {
             self.fail_job(job, failure).await;
             return;
         }
-        let all_finished =
-            presence.iter().all(|(_, s)| matches!(s, Presence::Reported(st) if st.state == TaskState::Finished));
+        let all_finished = presence
+            .iter()
+            .all(|(_, s)| matches!(s, Presence::Reported(st) if st.state == TaskState::Finished));
         if all_finished {
             let cmd = Command::JobStateChanged {
                 id: job.id.clone(),
@@ -410,25 +478,38 @@ impl Driver {
         let grace_over = self.leadership_since().elapsed() > self.timeout();
         for (p, s) in &presence {
             let message = match s {
-                Presence::Unregistered if grace_over => format!("taskmanager {} did not re-register", p.tm_id),
+                Presence::Unregistered if grace_over => {
+                    format!("taskmanager {} did not re-register", p.tm_id)
+                }
                 Presence::Lost => format!("taskmanager {} lost: no heartbeat", p.tm_id),
                 Presence::Reported(st) if st.state == TaskState::Canceled => {
-                    format!("subtask {}/{} was canceled on taskmanager {} while the job was running", p.vertex, p.index, p.tm_id)
+                    format!(
+                        "subtask {}/{} was canceled on taskmanager {} while the job was running",
+                        p.vertex, p.index, p.tm_id
+                    )
                 }
                 _ => continue,
             };
-            self.fail_job(job, infrastructure(message, Some(p.tm_id.clone()))).await;
+            self.fail_job(job, infrastructure(message, Some(p.tm_id.clone())))
+                .await;
             return;
         }
-        let missing = presence.iter().find(|(_, s)| matches!(s, Presence::Missing));
+        let missing = presence
+            .iter()
+            .find(|(_, s)| matches!(s, Presence::Missing));
         let timeout = self.timeout();
-        let Some(l) = self.leadership.as_mut() else { return };
+        let Some(l) = self.leadership.as_mut() else {
+            return;
+        };
         match missing {
             None => {
                 l.missing_since.remove(&job.id);
             }
             Some((p, _)) => {
-                let since = *l.missing_since.entry(job.id.clone()).or_insert_with(Instant::now);
+                let since = *l
+                    .missing_since
+                    .entry(job.id.clone())
+                    .or_insert_with(Instant::now);
                 if since.elapsed() > timeout {
                     let message = format!(
                         "subtask {}/{} of attempt {} is not running on taskmanager {}",
@@ -442,7 +523,9 @@ impl Driver {
     }
 
     async fn drive_cancelling(&mut self, job: &JobRecord) {
-        let Some(l) = self.leadership.as_mut() else { return };
+        let Some(l) = self.leadership.as_mut() else {
+            return;
+        };
         let sent = match l.cancel_sent.get(&job.id) {
             Some(at) => *at,
             None => {
@@ -484,7 +567,9 @@ impl Driver {
     fn alive_addresses(&self, job: &JobRecord) -> Vec<(TaskManagerId, String)> {
         let tms = job.taskmanagers();
         self.ctx.registry(|r| {
-            tms.iter().filter_map(|id| r.alive_tm(id).map(|tm| (id.clone(), tm.rpc_addr.clone()))).collect()
+            tms.iter()
+                .filter_map(|id| r.alive_tm(id).map(|tm| (id.clone(), tm.rpc_addr.clone())))
+                .collect()
         })
     }
 

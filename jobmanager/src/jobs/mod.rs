@@ -54,7 +54,10 @@ pub async fn submit(ctx: &Context, spec: JobSpec) -> Result<JobId, ApiError> {
             Err(e) => return Err(e.to_api()),
         }
     }
-    Err(ApiError::new(ErrorCode::Internal, "could not allocate a unique job id; retry"))
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "could not allocate a unique job id; retry",
+    ))
 }
 
 /// Requests cancellation of a job.
@@ -67,11 +70,19 @@ pub async fn cancel(ctx: &Context, id: &JobId) -> Result<(), ApiError> {
     match state {
         None => return Err(ApiError::new(ErrorCode::NotFound, format!("no job {id}"))),
         Some(state) if state.is_terminal() => {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("job {id} is already {state}")));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("job {id} is already {state}"),
+            ));
         }
         Some(_) => {}
     }
-    ctx.write(Command::CancelJob { id: id.clone(), time_ms: now_ms() }).await.map_err(|e| e.to_api())?;
+    ctx.write(Command::CancelJob {
+        id: id.clone(),
+        time_ms: now_ms(),
+    })
+    .await
+    .map_err(|e| e.to_api())?;
     tracing::info!("job cancel requested");
     ctx.wake.notify_one();
     Ok(())

@@ -51,7 +51,9 @@ pub async fn deploy(
         placements
             .iter()
             .map(|p| {
-                let tm = r.alive_tm(&p.tm_id).ok_or_else(|| Error::Gone { tm_id: p.tm_id.clone() })?;
+                let tm = r.alive_tm(&p.tm_id).ok_or_else(|| Error::Gone {
+                    tm_id: p.tm_id.clone(),
+                })?;
                 Ok((p.tm_id.clone(), tm.rpc_addr.clone()))
             })
             .collect::<Result<_, Error>>()
@@ -70,15 +72,28 @@ pub async fn deploy(
             spec_json: spec_json.to_string(),
             attempt: attempt.0,
             placements: all.clone(),
-            deploy: placements.iter().filter(|p| &p.tm_id == tm_id).map(to_pb).collect(),
+            deploy: placements
+                .iter()
+                .filter(|p| &p.tm_id == tm_id)
+                .map(to_pb)
+                .collect(),
             leader_term,
         };
         async move {
-            let mut client =
-                ctx.tm_client(addr).map_err(|source| Error::Address { tm_id: tm_id.clone(), source })?;
+            let mut client = ctx.tm_client(addr).map_err(|source| Error::Address {
+                tm_id: tm_id.clone(),
+                source,
+            })?;
             match tokio::time::timeout(CALL_TIMEOUT, client.deploy_tasks(request)).await {
-                Err(_) => Err(Error::Timeout { tm_id: tm_id.clone(), addr: addr.clone() }),
-                Ok(Err(source)) => Err(Error::Rpc { tm_id: tm_id.clone(), addr: addr.clone(), source }),
+                Err(_) => Err(Error::Timeout {
+                    tm_id: tm_id.clone(),
+                    addr: addr.clone(),
+                }),
+                Ok(Err(source)) => Err(Error::Rpc {
+                    tm_id: tm_id.clone(),
+                    addr: addr.clone(),
+                    source,
+                }),
                 Ok(Ok(_)) => {
                     tracing::debug!(job_id = %job_id, tm_id = %tm_id, "tasks deployed");
                     Ok(())
@@ -107,10 +122,15 @@ pub fn cancel_job(ctx: &Arc<Context>, job_id: &JobId, tms: Vec<(TaskManagerId, S
                     return;
                 }
             };
-            let request = pb::CancelJobRequest { job_id: job_id.to_string(), leader_term };
+            let request = pb::CancelJobRequest {
+                job_id: job_id.to_string(),
+                leader_term,
+            };
             match tokio::time::timeout(CALL_TIMEOUT, client.cancel_job(request)).await {
                 Ok(Ok(_)) => tracing::debug!(%job_id, %tm_id, "cancel sent"),
-                Ok(Err(status)) => tracing::warn!(%job_id, %tm_id, code = ?status.code(), message = status.message(), "cancel failed"),
+                Ok(Err(status)) => {
+                    tracing::warn!(%job_id, %tm_id, code = ?status.code(), message = status.message(), "cancel failed")
+                }
                 Err(_) => tracing::warn!(%job_id, %tm_id, "cancel timed out"),
             }
         });

@@ -8,7 +8,9 @@
 
 use super::{StorageResult, TypeConfig, io_err};
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,7 +35,9 @@ pub struct LogStore {
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::from(StorageIOError::read(io_err(&e))))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::from(StorageIOError::read(io_err(&e))))?
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
@@ -43,12 +47,17 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(META)?;
-    let Some(raw) = table.get(key)? else { return Ok(None) };
-    serde_json::from_slice(raw.value()).map(Some).map_err(|e| redb::Error::Corrupted(format!("raft meta {key}: {e}")))
+    let Some(raw) = table.get(key)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(raw.value())
+        .map(Some)
+        .map_err(|e| redb::Error::Corrupted(format!("raft meta {key}: {e}")))
 }
 
 fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), redb::Error> {
-    let bytes = to_json(value).map_err(|e| redb::Error::Corrupted(format!("cannot encode raft meta {key}: {e}")))?;
+    let bytes = to_json(value)
+        .map_err(|e| redb::Error::Corrupted(format!("cannot encode raft meta {key}: {e}")))?;
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(META)?;
@@ -68,14 +77,18 @@ impl LogStore {
         Ok(LogStore { db })
     }
 
-    fn read_entries(db: &Database, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry<TypeConfig>>, redb::Error> {
+    fn read_entries(
+        db: &Database,
+        range: (Bound<u64>, Bound<u64>),
+    ) -> Result<Vec<Entry<TypeConfig>>, redb::Error> {
         let txn = db.begin_read()?;
         let table = txn.open_table(LOGS)?;
         let mut out = Vec::new();
         for item in table.range::<u64>(range)? {
             let (k, v) = item?;
-            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
-                .map_err(|e| redb::Error::Corrupted(format!("raft log entry {}: {e}", k.value())))?;
+            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(|e| {
+                redb::Error::Corrupted(format!("raft log entry {}: {e}", k.value()))
+            })?;
             out.push(entry);
         }
         Ok(out)
@@ -89,7 +102,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let db = self.db.clone();
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        blocking(move || LogStore::read_entries(&db, range).map_err(|e| StorageIOError::read_logs(io_err(&e)).into())).await
+        blocking(move || {
+            LogStore::read_entries(&db, range)
+                .map_err(|e| StorageIOError::read_logs(io_err(&e)).into())
+        })
+        .await
     }
 }
 
@@ -105,13 +122,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let table = txn.open_table(LOGS)?;
                 let last = match table.last()? {
                     Some((_, v)) => {
-                        let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
-                            .map_err(|e| redb::Error::Corrupted(format!("last raft log entry: {e}")))?;
+                        let entry: Entry<TypeConfig> =
+                            serde_json::from_slice(v.value()).map_err(|e| {
+                                redb::Error::Corrupted(format!("last raft log entry: {e}"))
+                            })?;
                         Some(entry.log_id)
                     }
                     None => last_purged,
                 };
-                Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+                Ok(LogState {
+                    last_purged_log_id: last_purged,
+                    last_log_id: last,
+                })
             };
             run().map_err(|e| StorageIOError::read_logs(io_err(&e)).into())
         })
@@ -125,18 +147,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
         let db = self.db.clone();
         let vote = *vote;
-        blocking(move || write_meta(&db, VOTE, &vote).map_err(|e| StorageIOError::write_vote(io_err(&e)).into())).await
+        blocking(move || {
+            write_meta(&db, VOTE, &vote).map_err(|e| StorageIOError::write_vote(io_err(&e)).into())
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
         let db = self.db.clone();
-        blocking(move || read_meta(&db, VOTE).map_err(|e| StorageIOError::read_vote(io_err(&e)).into())).await
+        blocking(move || {
+            read_meta(&db, VOTE).map_err(|e| StorageIOError::read_vote(io_err(&e)).into())
+        })
+        .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
         let db = self.db.clone();
-        blocking(move || write_meta(&db, COMMITTED, &committed).map_err(|e| StorageIOError::write(io_err(&e)).into()))
-            .await
+        blocking(move || {
+            write_meta(&db, COMMITTED, &committed)
+                .map_err(|e| StorageIOError::write(io_err(&e)).into())
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
@@ -201,7 +232,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let run = || -> Result<(), redb::Error> {
-                let bytes = to_json(&Some(log_id)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                let bytes =
+                    to_json(&Some(log_id)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
                 let txn = db.begin_write()?;
                 {
                     // Record the purge point first, in the same transaction.

@@ -6,8 +6,12 @@
 //! initializes the group with the configured members; on restart the state
 //! comes from the log and nothing is re-initialized.
 
+// openraft's `StorageError` is large by design and its storage traits
+// return it, so the storage code cannot box it.
+#[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 #[cfg(test)]
 mod store_test;
@@ -45,13 +49,20 @@ pub(crate) fn io_err<E: std::error::Error + 'static>(e: &E) -> AnyError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the raft database {path}")]
-    Open { path: String, #[source] source: redb::Error },
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
     #[error("invalid raft configuration")]
     Config(#[from] openraft::ConfigError),
     #[error("raft failed to start")]
-    Start(#[from] openraft::error::Fatal<u64>),
+    Start(#[source] Box<openraft::error::Fatal<u64>>),
     #[error("cannot initialize the raft group")]
-    Initialize(#[source] openraft::error::RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>),
+    Initialize(
+        #[source]
+        Box<openraft::error::RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>>,
+    ),
 }
 
 /// Opens `<data_dir>/raft.redb`. In-process restarts (tests) can find the
@@ -66,7 +77,12 @@ async fn open_db(path: &Path) -> Result<Database, Error> {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(Error::Open { path: path.display().to_string(), source: e.into() }),
+            Err(e) => {
+                return Err(Error::Open {
+                    path: path.display().to_string(),
+                    source: e.into(),
+                });
+            }
         }
     }
 }
@@ -82,7 +98,10 @@ pub async fn start(
 ) -> Result<Raft, Error> {
     let path = data_dir.join("raft.redb");
     let db = Arc::new(open_db(&path).await?);
-    let open_err = |source: redb::Error| Error::Open { path: path.display().to_string(), source };
+    let open_err = |source: redb::Error| Error::Open {
+        path: path.display().to_string(),
+        source,
+    };
     let log_store = LogStore::open(db.clone()).map_err(open_err)?;
     let sm = StateMachine::open(db, shared).map_err(open_err)?;
     let config = openraft::Config {
@@ -95,16 +114,21 @@ pub async fn start(
         ..Default::default()
     }
     .validate()?;
-    let raft = Raft::new(node_id, Arc::new(config), NetworkFactory, log_store, sm).await?;
-    let initialized = raft.is_initialized().await?;
+    let fatal = |e| Error::Start(Box::new(e));
+    let raft = Raft::new(node_id, Arc::new(config), NetworkFactory, log_store, sm)
+        .await
+        .map_err(fatal)?;
+    let initialized = raft.is_initialized().await.map_err(fatal)?;
     let first = members.keys().next().copied();
     if !initialized && first == Some(node_id) {
         tracing::info!(node_id, members = ?members.keys().collect::<Vec<_>>(), "initializing the raft group");
         match raft.initialize(members).await {
             Ok(()) => {}
             // Someone else's vote or log arrived first: the group exists.
-            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(Error::Initialize(e)),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(e) => return Err(Error::Initialize(Box::new(e))),
         }
     } else if initialized {
         tracing::info!(node_id, "raft state found on disk; not re-initializing");

@@ -12,8 +12,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RPCTypes};
 use pb::raft_service_client::RaftServiceClient;
@@ -29,8 +29,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> NetworkClient {
-        let client = rpc::connect(&node.addr).map(RaftServiceClient::new).map_err(|e| e.to_string());
-        NetworkClient { target, addr: node.addr.clone(), client }
+        let client = rpc::connect(&node.addr)
+            .map(RaftServiceClient::new)
+            .map_err(|e| e.to_string());
+        NetworkClient {
+            target,
+            addr: node.addr.clone(),
+            client,
+        }
     }
 }
 
@@ -47,7 +53,12 @@ pub struct NetworkClient {
 struct Msg(String);
 
 impl NetworkClient {
-    async fn call<Req, Resp, E>(&mut self, action: RPCTypes, req: &Req, option: &RPCOption) -> Result<Resp, RPCError<u64, BasicNode, E>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -55,7 +66,13 @@ impl NetworkClient {
     {
         let client = match &self.client {
             Ok(c) => c.clone(),
-            Err(e) => return Err(Unreachable::new(&Msg(format!("bad raft peer address {}: {e}", self.addr))).into()),
+            Err(e) => {
+                return Err(Unreachable::new(&Msg(format!(
+                    "bad raft peer address {}: {e}",
+                    self.addr
+                )))
+                .into());
+            }
         };
         let json = serde_json::to_vec(req).map_err(|e| NetworkError::new(&e))?;
         let payload = pb::RaftPayload { json };
@@ -69,14 +86,32 @@ impl NetworkClient {
         };
         let ttl = option.hard_ttl();
         let response = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => return Err(RPCError::Timeout(Timeout { action, id: 0, target: self.target, timeout: ttl })),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(Unreachable::new(&Msg(format!("raft peer {} at {}: {}", self.target, self.addr, status.message()))).into());
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }));
             }
-            Ok(Err(status)) => return Err(NetworkError::new(&Msg(format!("raft peer {}: {status}", self.target))).into()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(Unreachable::new(&Msg(format!(
+                    "raft peer {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    status.message()
+                )))
+                .into());
+            }
+            Ok(Err(status)) => {
+                return Err(
+                    NetworkError::new(&Msg(format!("raft peer {}: {status}", self.target))).into(),
+                );
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<Resp, E> = serde_json::from_slice(&response.json).map_err(|e| NetworkError::new(&e))?;
+        let result: Result<Resp, E> =
+            serde_json::from_slice(&response.json).map_err(|e| NetworkError::new(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -94,7 +129,10 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
         self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
     }
 
@@ -119,7 +157,8 @@ impl RaftServer {
 }
 
 fn decode<T: DeserializeOwned>(req: &pb::RaftPayload) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&req.json).map_err(|e| tonic::Status::invalid_argument(format!("malformed raft payload: {e}")))
+    serde_json::from_slice(&req.json)
+        .map_err(|e| tonic::Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
@@ -138,7 +177,10 @@ impl pb::raft_service_server::RaftService for RaftServer {
         encode(&self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, request: tonic::Request<pb::RaftPayload>) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+    async fn vote(
+        &self,
+        request: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<u64> = decode(request.get_ref())?;
         encode(&self.raft.vote(rpc).await)
     }

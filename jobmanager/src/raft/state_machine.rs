@@ -10,8 +10,8 @@ use super::{StorageResult, TypeConfig, io_err};
 use crate::cluster_state::{ClusterState, Response};
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -68,12 +68,17 @@ pub struct StateMachine {
 fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(SNAPSHOT)?;
-    let Some(raw) = table.get(CURRENT)? else { return Ok(None) };
-    serde_json::from_slice(raw.value()).map(Some).map_err(|e| redb::Error::Corrupted(format!("raft snapshot: {e}")))
+    let Some(raw) = table.get(CURRENT)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(raw.value())
+        .map(Some)
+        .map_err(|e| redb::Error::Corrupted(format!("raft snapshot: {e}")))
 }
 
 fn save_snapshot(db: &Database, snapshot: &StoredSnapshot) -> Result<(), redb::Error> {
-    let bytes = serde_json::to_vec(snapshot).map_err(|e| redb::Error::Corrupted(format!("cannot encode snapshot: {e}")))?;
+    let bytes = serde_json::to_vec(snapshot)
+        .map_err(|e| redb::Error::Corrupted(format!("cannot encode snapshot: {e}")))?;
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(SNAPSHOT)?;
@@ -93,9 +98,15 @@ impl StateMachine {
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOT)?;
         txn.commit()?;
-        let mut sm = StateMachine { db, shared, last_applied: None, last_membership: StoredMembership::default() };
+        let mut sm = StateMachine {
+            db,
+            shared,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+        };
         if let Some(stored) = load_snapshot(&sm.db)? {
-            let body = decode(&stored.data).map_err(|e| redb::Error::Corrupted(format!("raft snapshot body: {e}")))?;
+            let body = decode(&stored.data)
+                .map_err(|e| redb::Error::Corrupted(format!("raft snapshot body: {e}")))?;
             sm.restore(body);
         }
         Ok(sm)
@@ -117,9 +128,15 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let data = serde_json::to_vec(&self.body).map_err(|e| StorageIOError::write_state_machine(io_err(&e)))?;
+        let data = serde_json::to_vec(&self.body)
+            .map_err(|e| StorageIOError::write_state_machine(io_err(&e)))?;
         let snapshot_id = match &self.body.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, chrono::Utc::now().timestamp_micros()),
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id,
+                id.index,
+                chrono::Utc::now().timestamp_micros()
+            ),
             None => format!("empty-{}", chrono::Utc::now().timestamp_micros()),
         };
         let meta = SnapshotMeta {
@@ -127,22 +144,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.body.last_membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         let db = self.db.clone();
         let signature = meta.signature();
         // Persist before handing it out: logs are purged up to it afterwards.
         blocking(move || {
-            save_snapshot(&db, &stored).map_err(|e| StorageIOError::write_snapshot(Some(signature), io_err(&e)).into())
+            save_snapshot(&db, &stored)
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature), io_err(&e)).into())
         })
         .await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
@@ -178,7 +204,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = self.shared.read(Clone::clone);
         SnapshotBuilder {
             db: self.db.clone(),
-            body: SnapshotBody { last_applied: self.last_applied, last_membership: self.last_membership.clone(), state },
+            body: SnapshotBody {
+                last_applied: self.last_applied,
+                last_membership: self.last_membership.clone(),
+                state,
+            },
         }
     }
 
@@ -192,13 +222,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let body = decode(&data)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), io_err(&e))))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let body = decode(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                io_err(&e),
+            ))
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         let db = self.db.clone();
         let signature = meta.signature();
         blocking(move || {
-            save_snapshot(&db, &stored).map_err(|e| StorageIOError::write_snapshot(Some(signature), io_err(&e)).into())
+            save_snapshot(&db, &stored)
+                .map_err(|e| StorageIOError::write_snapshot(Some(signature), io_err(&e)).into())
         })
         .await?;
         self.restore(body);
@@ -207,8 +245,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let db = self.db.clone();
-        let stored = blocking(move || load_snapshot(&db).map_err(|e| StorageIOError::read_snapshot(None, io_err(&e)).into()))
-            .await?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        let stored = blocking(move || {
+            load_snapshot(&db).map_err(|e| StorageIOError::read_snapshot(None, io_err(&e)).into())
+        })
+        .await?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }

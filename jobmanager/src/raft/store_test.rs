@@ -10,9 +10,12 @@ struct RedbBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
     async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachine)> {
         let dir = tempfile::tempdir().expect("a temp dir can be created in tests");
-        let db = Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("a fresh redb file opens"));
+        let db = Arc::new(
+            redb::Database::create(dir.path().join("raft.redb")).expect("a fresh redb file opens"),
+        );
         let log = LogStore::open(db.clone()).expect("log tables can be created");
-        let sm = StateMachine::open(db, Arc::new(Shared::default())).expect("state machine tables can be created");
+        let sm = StateMachine::open(db, Arc::new(Shared::default()))
+            .expect("state machine tables can be created");
         Ok((dir, log, sm))
     }
 }

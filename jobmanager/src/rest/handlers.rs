@@ -25,28 +25,53 @@ pub async fn overview(State(ctx): Ctx) -> impl IntoResponse {
 
 pub async fn taskmanagers(State(ctx): Ctx) -> impl IntoResponse {
     let now = tokio::time::Instant::now();
-    Json(TaskManagerList { taskmanagers: ctx.read(|s| ctx.registry(|r| views::taskmanagers(s, r, now))) })
+    Json(TaskManagerList {
+        taskmanagers: ctx.read(|s| ctx.registry(|r| views::taskmanagers(s, r, now))),
+    })
 }
 
 pub async fn list_jobs(State(ctx): Ctx) -> impl IntoResponse {
     let mut jobs = ctx.read(|s| s.jobs.values().map(views::summary).collect::<Vec<_>>());
     // Newest first, as Flink lists them.
-    jobs.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then_with(|| a.id.cmp(&b.id)));
+    jobs.sort_by(|a, b| {
+        b.submitted_at
+            .cmp(&a.submitted_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     Json(JobList { jobs })
 }
 
-pub async fn job_detail(State(ctx): Ctx, Path(id): Path<String>) -> Result<impl IntoResponse, RestError> {
+pub async fn job_detail(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, RestError> {
     let id = JobId::from(id);
-    let detail = ctx.read(|s| s.job(&id).map(|job| ctx.registry(|r| views::detail(job, r, now_ms()))));
-    detail.map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")).into())
+    let detail = ctx.read(|s| {
+        s.job(&id)
+            .map(|job| ctx.registry(|r| views::detail(job, r, now_ms())))
+    });
+    detail
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no job {id}")).into())
 }
 
 fn is_yaml(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .is_some_and(|ct| matches!(ct.as_str(), "application/yaml" | "text/yaml" | "application/x-yaml"))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|ct| {
+            matches!(
+                ct.as_str(),
+                "application/yaml" | "text/yaml" | "application/x-yaml"
+            )
+        })
 }
 
 pub async fn submit_job(
@@ -59,28 +84,54 @@ pub async fn submit_job(
             RestError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::BadRequest,
-                format!("request body exceeds {} MiB", MAX_BODY_BYTES / (1024 * 1024)),
+                format!(
+                    "request body exceeds {} MiB",
+                    MAX_BODY_BYTES / (1024 * 1024)
+                ),
             )
         } else {
-            RestError::new(rejection.status(), ErrorCode::BadRequest, rejection.body_text())
+            RestError::new(
+                rejection.status(),
+                ErrorCode::BadRequest,
+                rejection.body_text(),
+            )
         }
     })?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("the job spec is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the job spec is not UTF-8: {e}"),
+        )
+    })?;
     if text.trim().is_empty() {
         let what = if is_yaml(&headers) { "YAML" } else { "JSON" };
-        return Err(ApiError::new(ErrorCode::BadRequest, format!("the request body must be a job spec in {what}")).into());
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the request body must be a job spec in {what}"),
+        )
+        .into());
     }
     let spec = eddy_sdk::spec::parse_yaml_or_json(text)?;
     let job_id = jobs::submit(&ctx, spec).await?;
-    Ok((StatusCode::CREATED, Json(SubmitResponse { job_id: job_id.to_string() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SubmitResponse {
+            job_id: job_id.to_string(),
+        }),
+    ))
 }
 
-pub async fn cancel_job(State(ctx): Ctx, Path(id): Path<String>) -> Result<impl IntoResponse, RestError> {
+pub async fn cancel_job(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, RestError> {
     let id = JobId::from(id);
     jobs::cancel(&ctx, &id).await?;
     let state = ctx.read(|s| s.job(&id).map(|j| j.state.as_str()).unwrap_or("CANCELLING"));
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job_id": id.to_string(), "state": state }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job_id": id.to_string(), "state": state })),
+    ))
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -33,14 +33,18 @@ pub struct RestError {
 
 impl From<ApiError> for RestError {
     fn from(error: ApiError) -> Self {
-        let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         RestError { status, error }
     }
 }
 
 impl RestError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        RestError { status, error: ApiError::new(code, message) }
+        RestError {
+            status,
+            error: ApiError::new(code, message),
+        }
     }
 }
 
@@ -55,7 +59,10 @@ pub fn router(ctx: Arc<Context>, registry: Arc<Registry>) -> Router {
     let api = Router::new()
         .route("/v1/overview", get(handlers::overview))
         .route("/v1/taskmanagers", get(handlers::taskmanagers))
-        .route("/v1/jobs", get(handlers::list_jobs).post(handlers::submit_job))
+        .route(
+            "/v1/jobs",
+            get(handlers::list_jobs).post(handlers::submit_job),
+        )
         .route("/v1/jobs/{id}", get(handlers::job_detail))
         .route("/v1/jobs/{id}/cancel", post(handlers::cancel_job))
         .route("/v1/openapi.json", get(handlers::openapi))
@@ -68,20 +75,32 @@ pub fn router(ctx: Arc<Context>, registry: Arc<Registry>) -> Router {
 }
 
 async fn not_found(request: Request) -> RestError {
-    RestError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("no route {}", request.uri().path()))
+    RestError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no route {}", request.uri().path()),
+    )
 }
 
 async fn method_not_allowed(request: Request) -> RestError {
     RestError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::BadRequest,
-        format!("method {} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
 /// Counts requests by matched route and status.
 async fn count_requests(State(ctx): State<Arc<Context>>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let response = next.run(request).await;
     ctx.metrics.rest_request(&route, response.status().as_u16());
     response

@@ -6,8 +6,8 @@ use crate::taskmanagers::{Registry, TaskKey};
 use chrono::{DateTime, SecondsFormat};
 use eddy_sdk::ids::SubtaskIndex;
 use eddy_sdk::rest::{
-    FailureInfo, JobDetail, JobState, JobSummary, Overview, SubtaskInfo, SubtaskMetricsInfo, TaskManagerInfo, TaskState,
-    VertexInfo,
+    FailureInfo, JobDetail, JobState, JobSummary, Overview, SubtaskInfo, SubtaskMetricsInfo,
+    TaskManagerInfo, TaskState, VertexInfo,
 };
 use tokio::time::Instant;
 
@@ -18,11 +18,20 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-pub fn overview(state: &ClusterState, registry: &Registry, jobmanager_id: u64, is_leader: bool) -> Overview {
+pub fn overview(
+    state: &ClusterState,
+    registry: &Registry,
+    jobmanager_id: u64,
+    is_leader: bool,
+) -> Overview {
     let used = state.slots_in_use();
     let slots_total = registry.total_slots();
-    let busy: u32 = registry.alive().map(|tm| used.get(&tm.id).map_or(0, |s| s.len() as u32)).sum();
-    let count = |f: &dyn Fn(JobState) -> bool| state.jobs.values().filter(|j| f(j.state)).count() as u32;
+    let busy: u32 = registry
+        .alive()
+        .map(|tm| used.get(&tm.id).map_or(0, |s| s.len() as u32))
+        .sum();
+    let count =
+        |f: &dyn Fn(JobState) -> bool| state.jobs.values().filter(|j| f(j.state)).count() as u32;
     Overview {
         taskmanagers: registry.alive().count() as u32,
         slots_total,
@@ -39,7 +48,11 @@ pub fn overview(state: &ClusterState, registry: &Registry, jobmanager_id: u64, i
     }
 }
 
-pub fn taskmanagers(state: &ClusterState, registry: &Registry, now: Instant) -> Vec<TaskManagerInfo> {
+pub fn taskmanagers(
+    state: &ClusterState,
+    registry: &Registry,
+    now: Instant,
+) -> Vec<TaskManagerInfo> {
     let used = state.slots_in_use();
     registry
         .all()
@@ -51,10 +64,16 @@ pub fn taskmanagers(state: &ClusterState, registry: &Registry, now: Instant) -> 
                 metrics_url: tm.metrics_url.clone(),
                 state: if tm.lost { "LOST" } else { "ALIVE" }.to_string(),
                 slots_total: tm.slots,
-                slots_free: if tm.lost { 0 } else { tm.slots.saturating_sub(busy) },
+                slots_free: if tm.lost {
+                    0
+                } else {
+                    tm.slots.saturating_sub(busy)
+                },
                 kpu: tm.kpu,
-                last_heartbeat_ms_ago: u64::try_from(now.saturating_duration_since(tm.last_heartbeat).as_millis())
-                    .unwrap_or(u64::MAX),
+                last_heartbeat_ms_ago: u64::try_from(
+                    now.saturating_duration_since(tm.last_heartbeat).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
                 rss_bytes: tm.rss_bytes,
             }
         })
@@ -96,8 +115,11 @@ fn assumed_state(job: JobState, placed: bool) -> TaskState {
 }
 
 pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
-    let spec_value: serde_json::Value = serde_json::from_str(&job.spec_json).unwrap_or(serde_json::Value::Null);
-    let graph = eddy_sdk::spec::parse_json(&job.spec_json).ok().and_then(|s| eddy_sdk::graph::build(&s).ok());
+    let spec_value: serde_json::Value =
+        serde_json::from_str(&job.spec_json).unwrap_or(serde_json::Value::Null);
+    let graph = eddy_sdk::spec::parse_json(&job.spec_json)
+        .ok()
+        .and_then(|s| eddy_sdk::graph::build(&s).ok());
     let vertices = graph
         .map(|g| {
             g.vertices
@@ -105,18 +127,32 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
                 .map(|v| {
                     let subtasks: Vec<SubtaskInfo> = (0..v.parallelism)
                         .map(|i| {
-                            let placement = job.placements.iter().find(|p| p.vertex == v.id && p.index == SubtaskIndex(i));
-                            let key = TaskKey { job_id: job.id.clone(), vertex: v.id, index: SubtaskIndex(i) };
+                            let placement = job
+                                .placements
+                                .iter()
+                                .find(|p| p.vertex == v.id && p.index == SubtaskIndex(i));
+                            let key = TaskKey {
+                                job_id: job.id.clone(),
+                                vertex: v.id,
+                                index: SubtaskIndex(i),
+                            };
                             let status = placement
                                 .and_then(|p| registry.task(&p.tm_id, &key))
                                 .filter(|s| s.attempt == job.attempt);
                             SubtaskInfo {
                                 index: i,
                                 attempt: job.attempt.0,
-                                taskmanager: placement.map(|p| p.tm_id.to_string()).unwrap_or_default(),
+                                taskmanager: placement
+                                    .map(|p| p.tm_id.to_string())
+                                    .unwrap_or_default(),
                                 slot: placement.map_or(0, |p| p.slot.0),
-                                state: status.map_or_else(|| assumed_state(job.state, placement.is_some()), |s| s.state),
-                                metrics: status.map(|s| s.metrics.clone()).unwrap_or_else(SubtaskMetricsInfo::default),
+                                state: status.map_or_else(
+                                    || assumed_state(job.state, placement.is_some()),
+                                    |s| s.state,
+                                ),
+                                metrics: status
+                                    .map(|s| s.metrics.clone())
+                                    .unwrap_or_else(SubtaskMetricsInfo::default),
                             }
                         })
                         .collect();
@@ -127,7 +163,10 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
                         parallelism: v.parallelism,
                         records_in: subtasks.iter().map(|s| s.metrics.records_in).sum(),
                         records_out: subtasks.iter().map(|s| s.metrics.records_out).sum(),
-                        backpressure: subtasks.iter().map(|s| s.metrics.backpressure).fold(0.0, f64::max),
+                        backpressure: subtasks
+                            .iter()
+                            .map(|s| s.metrics.backpressure)
+                            .fold(0.0, f64::max),
                         busy: subtasks.iter().map(|s| s.metrics.busy).fold(0.0, f64::max),
                         subtasks,
                     }
@@ -145,7 +184,9 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
         submitted_at: rfc3339(job.submitted_at_ms),
         start_time: job.start_time_ms.map(rfc3339),
         end_time: job.end_time_ms.map(rfc3339),
-        duration_ms: job.start_time_ms.map(|start| job.end_time_ms.unwrap_or(now_ms) - start),
+        duration_ms: job
+            .start_time_ms
+            .map(|start| job.end_time_ms.unwrap_or(now_ms) - start),
         status_message: job.status_message.clone(),
         failure: job.failure.as_ref().map(failure_info),
         vertices,

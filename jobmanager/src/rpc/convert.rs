@@ -33,7 +33,9 @@ fn task_state(raw: i32) -> Result<TaskState, Invalid> {
         Ok(pb::TaskState::Finished) => TaskState::Finished,
         Ok(pb::TaskState::Canceled) => TaskState::Canceled,
         Ok(pb::TaskState::Failed) => TaskState::Failed,
-        Ok(pb::TaskState::Unspecified) | Err(_) => return Err(Invalid(format!("invalid task state {raw}"))),
+        Ok(pb::TaskState::Unspecified) | Err(_) => {
+            return Err(Invalid(format!("invalid task state {raw}")));
+        }
     })
 }
 
@@ -42,7 +44,9 @@ fn ratio(ms_per_sec: u32) -> f64 {
 }
 
 pub fn metrics(m: Option<&pb::SubtaskMetrics>) -> SubtaskMetricsInfo {
-    let Some(m) = m else { return SubtaskMetricsInfo::default() };
+    let Some(m) = m else {
+        return SubtaskMetricsInfo::default();
+    };
     SubtaskMetricsInfo {
         records_in: m.records_in,
         records_out: m.records_out,
@@ -56,7 +60,10 @@ pub fn metrics(m: Option<&pb::SubtaskMetrics>) -> SubtaskMetricsInfo {
 }
 
 pub fn task_status(s: &pb::TaskStatus) -> Result<(TaskKey, TaskStatus), Invalid> {
-    let subtask = s.subtask.as_ref().ok_or_else(|| Invalid("task status without subtask".into()))?;
+    let subtask = s
+        .subtask
+        .as_ref()
+        .ok_or_else(|| Invalid("task status without subtask".into()))?;
     if subtask.job_id.trim().is_empty() {
         return Err(Invalid("task status with an empty job_id".into()));
     }
@@ -115,14 +122,22 @@ mod tests {
 
     #[test]
     fn task_status_without_subtask_is_invalid() {
-        let s = pb::TaskStatus { state: pb::TaskState::Running as i32, ..Default::default() };
+        let s = pb::TaskStatus {
+            state: pb::TaskState::Running as i32,
+            ..Default::default()
+        };
         assert!(task_status(&s).is_err());
     }
 
     #[test]
     fn task_status_unspecified_state_is_invalid() {
         let s = pb::TaskStatus {
-            subtask: Some(pb::SubtaskRef { job_id: "j".into(), vertex: 0, index: 0, attempt: 0 }),
+            subtask: Some(pb::SubtaskRef {
+                job_id: "j".into(),
+                vertex: 0,
+                index: 0,
+                attempt: 0,
+            }),
             state: 0,
             ..Default::default()
         };
@@ -142,7 +157,12 @@ mod tests {
 
     #[test]
     fn registration_zero_slots_is_invalid() {
-        let req = pb::RegisterTaskManagerRequest { tm_id: "a".into(), rpc_addr: "h:1".into(), slots: 0, ..Default::default() };
+        let req = pb::RegisterTaskManagerRequest {
+            tm_id: "a".into(),
+            rpc_addr: "h:1".into(),
+            slots: 0,
+            ..Default::default()
+        };
         assert!(registration(&req).is_err());
     }
 }

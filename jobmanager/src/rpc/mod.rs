@@ -30,10 +30,17 @@ impl JobManagerRpc {
         if self.ctx.is_leader() {
             return Ok(());
         }
-        let leader = self.ctx.leader_rpc_addr().filter(|_| self.ctx.leader_id() != Some(self.ctx.id));
+        let leader = self
+            .ctx
+            .leader_rpc_addr()
+            .filter(|_| self.ctx.leader_id() != Some(self.ctx.id));
         let mut status = match &leader {
-            Some(addr) => Status::unavailable(format!("this jobmanager is not the leader; the leader is at {addr}")),
-            None => Status::unavailable("this jobmanager is not the leader and no leader is known yet; retry"),
+            Some(addr) => Status::unavailable(format!(
+                "this jobmanager is not the leader; the leader is at {addr}"
+            )),
+            None => Status::unavailable(
+                "this jobmanager is not the leader and no leader is known yet; retry",
+            ),
         };
         if let Some(addr) = leader
             && let Ok(value) = addr.parse()
@@ -57,24 +64,33 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         self.ctx.registry(|r| r.register(reg, Instant::now()));
         self.ctx.wake.notify_one();
         Ok(Response::new(pb::RegisterTaskManagerResponse {
-            heartbeat_interval_ms: u64::try_from(self.ctx.config.heartbeat_interval.0.as_millis()).unwrap_or(u64::MAX),
+            heartbeat_interval_ms: u64::try_from(self.ctx.config.heartbeat_interval.0.as_millis())
+                .unwrap_or(u64::MAX),
             leader_term: self.ctx.term(),
         }))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.require_leader()?;
         let req = request.into_inner();
         let tm_id = convert::tm_id(&req.tm_id)?;
         let tasks = convert::task_statuses(&req.tasks)?;
         let ended = tasks.iter().any(|(_, s)| s.is_terminal());
-        let known = self.ctx.registry(|r| r.heartbeat(&tm_id, tasks, req.rss_bytes, Instant::now()));
+        let known = self
+            .ctx
+            .registry(|r| r.heartbeat(&tm_id, tasks, req.rss_bytes, Instant::now()));
         if !known {
             tracing::info!(%tm_id, "heartbeat from an unknown or lost taskmanager; it must register again");
         } else if ended {
             self.ctx.wake.notify_one();
         }
-        Ok(Response::new(pb::HeartbeatResponse { known, leader_term: self.ctx.term() }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            known,
+            leader_term: self.ctx.term(),
+        }))
     }
 
     async fn report_task_status(
@@ -84,11 +100,16 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         self.require_leader()?;
         let req = request.into_inner();
         let tm_id = convert::tm_id(&req.tm_id)?;
-        let status = req.status.as_ref().ok_or_else(|| Status::invalid_argument("status is required"))?;
+        let status = req
+            .status
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("status is required"))?;
         let (key, status) = convert::task_status(status)?;
         tracing::debug!(%tm_id, job_id = %key.job_id, vertex = key.vertex.0, subtask = key.index.0, state = ?status.state, "task status");
         if !self.ctx.registry(|r| r.report(&tm_id, key, status)) {
-            return Err(Status::failed_precondition(format!("unknown taskmanager {tm_id}: register first")));
+            return Err(Status::failed_precondition(format!(
+                "unknown taskmanager {tm_id}: register first"
+            )));
         }
         self.ctx.wake.notify_one();
         Ok(Response::new(pb::ReportTaskStatusResponse {}))

@@ -26,7 +26,11 @@ pub fn validate(spec: &JobSpec, total_slots: Option<u32>) -> Result<JobGraph, Ap
 pub fn vertices(spec_json: &str) -> Result<Vec<(VertexId, u32)>, ApiError> {
     let spec = eddy_sdk::spec::parse_json(spec_json)?;
     let graph = graph::build(&spec)?;
-    Ok(graph.vertices.iter().map(|v| (v.id, v.parallelism)).collect())
+    Ok(graph
+        .vertices
+        .iter()
+        .map(|v| (v.id, v.parallelism))
+        .collect())
 }
 
 /// The free capacity of every live TaskManager.

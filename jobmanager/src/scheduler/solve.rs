@@ -23,7 +23,9 @@ pub struct Capacity {
 
 impl Capacity {
     fn free(&self) -> impl Iterator<Item = SlotIndex> + '_ {
-        (0..self.slots).map(SlotIndex).filter(|s| !self.used.contains(s))
+        (0..self.slots)
+            .map(SlotIndex)
+            .filter(|s| !self.used.contains(s))
     }
     pub fn free_count(&self) -> u32 {
         self.free().count() as u32
@@ -39,13 +41,21 @@ pub struct Shortage {
 }
 
 /// Places every subtask of `vertices` (id, parallelism) on free slots.
-pub fn solve(capacity: &[Capacity], vertices: &[(VertexId, u32)]) -> Result<Vec<Placement>, Shortage> {
+pub fn solve(
+    capacity: &[Capacity],
+    vertices: &[(VertexId, u32)],
+) -> Result<Vec<Placement>, Shortage> {
     let needed = vertices.iter().map(|(_, p)| *p).max().unwrap_or(0);
-    let mut free: Vec<(TaskManagerId, Vec<SlotIndex>)> =
-        capacity.iter().map(|c| (c.tm_id.clone(), c.free().collect())).collect();
+    let mut free: Vec<(TaskManagerId, Vec<SlotIndex>)> = capacity
+        .iter()
+        .map(|c| (c.tm_id.clone(), c.free().collect()))
+        .collect();
     let total_free: u32 = free.iter().map(|(_, f)| f.len() as u32).sum();
     if needed > total_free {
-        return Err(Shortage { needed, free: total_free });
+        return Err(Shortage {
+            needed,
+            free: total_free,
+        });
     }
     free.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
     // Job slot k -> (TaskManager, slot), taking the lowest free slot of each
@@ -67,7 +77,12 @@ pub fn solve(capacity: &[Capacity], vertices: &[(VertexId, u32)]) -> Result<Vec<
     for (vertex, parallelism) in vertices {
         for k in 0..*parallelism {
             let (tm_id, slot) = job_slots[k as usize].clone();
-            out.push(Placement { vertex: *vertex, index: SubtaskIndex(k), tm_id, slot });
+            out.push(Placement {
+                vertex: *vertex,
+                index: SubtaskIndex(k),
+                tm_id,
+                slot,
+            });
         }
     }
     Ok(out)
@@ -80,7 +95,11 @@ mod tests {
     use std::collections::{BTreeMap, HashSet};
 
     fn cap(id: &str, slots: u32, used: &[u32]) -> Capacity {
-        Capacity { tm_id: id.into(), slots, used: used.iter().map(|s| SlotIndex(*s)).collect() }
+        Capacity {
+            tm_id: id.into(),
+            slots,
+            used: used.iter().map(|s| SlotIndex(*s)).collect(),
+        }
     }
 
     #[test]
@@ -94,8 +113,14 @@ mod tests {
     fn solve_slot_sharing_puts_subtask_k_of_every_vertex_in_job_slot_k() {
         let placements = solve(&[cap("a", 2, &[])], &[(VertexId(0), 2), (VertexId(1), 1)]).unwrap();
         assert_eq!(placements.len(), 3);
-        let v0_0 = placements.iter().find(|p| p.vertex == VertexId(0) && p.index.0 == 0).unwrap();
-        let v1_0 = placements.iter().find(|p| p.vertex == VertexId(1) && p.index.0 == 0).unwrap();
+        let v0_0 = placements
+            .iter()
+            .find(|p| p.vertex == VertexId(0) && p.index.0 == 0)
+            .unwrap();
+        let v1_0 = placements
+            .iter()
+            .find(|p| p.vertex == VertexId(1) && p.index.0 == 0)
+            .unwrap();
         assert_eq!((&v0_0.tm_id, v0_0.slot), (&v1_0.tm_id, v1_0.slot));
     }
 
@@ -108,26 +133,40 @@ mod tests {
 
     #[test]
     fn solve_prefers_tm_with_most_free_slots() {
-        let placements = solve(&[cap("a", 4, &[0, 1, 2]), cap("b", 4, &[])], &[(VertexId(0), 1)]).unwrap();
+        let placements = solve(
+            &[cap("a", 4, &[0, 1, 2]), cap("b", 4, &[])],
+            &[(VertexId(0), 1)],
+        )
+        .unwrap();
         assert_eq!(placements[0].tm_id, TaskManagerId::from("b"));
     }
 
     fn arb_cluster() -> impl Strategy<Value = Vec<Capacity>> {
-        prop::collection::vec((1u32..6, prop::collection::btree_set(0u32..6, 0..4)), 0..5).prop_map(|tms| {
-            tms.into_iter()
-                .enumerate()
-                .map(|(i, (slots, used))| Capacity {
-                    tm_id: format!("tm-{i}").into(),
-                    slots,
-                    used: used.into_iter().filter(|s| *s < slots).map(SlotIndex).collect(),
-                })
-                .collect()
-        })
+        prop::collection::vec((1u32..6, prop::collection::btree_set(0u32..6, 0..4)), 0..5).prop_map(
+            |tms| {
+                tms.into_iter()
+                    .enumerate()
+                    .map(|(i, (slots, used))| Capacity {
+                        tm_id: format!("tm-{i}").into(),
+                        slots,
+                        used: used
+                            .into_iter()
+                            .filter(|s| *s < slots)
+                            .map(SlotIndex)
+                            .collect(),
+                    })
+                    .collect()
+            },
+        )
     }
 
     fn arb_vertices() -> impl Strategy<Value = Vec<(VertexId, u32)>> {
-        prop::collection::vec(1u32..8, 1..4)
-            .prop_map(|ps| ps.into_iter().enumerate().map(|(i, p)| (VertexId(i as u32), p)).collect())
+        prop::collection::vec(1u32..8, 1..4).prop_map(|ps| {
+            ps.into_iter()
+                .enumerate()
+                .map(|(i, p)| (VertexId(i as u32), p))
+                .collect()
+        })
     }
 
     proptest! {

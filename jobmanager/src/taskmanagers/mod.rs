@@ -35,7 +35,10 @@ pub struct TaskStatus {
 
 impl TaskStatus {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.state, TaskState::Finished | TaskState::Canceled | TaskState::Failed)
+        matches!(
+            self.state,
+            TaskState::Finished | TaskState::Canceled | TaskState::Failed
+        )
     }
 }
 
@@ -103,12 +106,21 @@ impl Registry {
     /// Terminal statuses the TaskManager no longer lists are kept, so a
     /// failure reported between two scans is not missed; the driver prunes
     /// them with [`Registry::retain_tasks`].
-    pub fn heartbeat(&mut self, id: &TaskManagerId, tasks: Vec<(TaskKey, TaskStatus)>, rss_bytes: u64, now: Instant) -> bool {
-        let Some(tm) = self.tms.get_mut(id).filter(|tm| !tm.lost) else { return false };
+    pub fn heartbeat(
+        &mut self,
+        id: &TaskManagerId,
+        tasks: Vec<(TaskKey, TaskStatus)>,
+        rss_bytes: u64,
+        now: Instant,
+    ) -> bool {
+        let Some(tm) = self.tms.get_mut(id).filter(|tm| !tm.lost) else {
+            return false;
+        };
         tm.last_heartbeat = now;
         tm.rss_bytes = rss_bytes;
         let reported: HashMap<TaskKey, TaskStatus> = tasks.into_iter().collect();
-        tm.tasks.retain(|key, status| status.is_terminal() && !reported.contains_key(key));
+        tm.tasks
+            .retain(|key, status| status.is_terminal() && !reported.contains_key(key));
         tm.tasks.extend(reported);
         true
     }
@@ -116,7 +128,9 @@ impl Registry {
     /// Records one task's status change. Returns false for an unknown or lost
     /// TaskManager. An older attempt never overwrites a newer one.
     pub fn report(&mut self, id: &TaskManagerId, key: TaskKey, status: TaskStatus) -> bool {
-        let Some(tm) = self.tms.get_mut(id).filter(|tm| !tm.lost) else { return false };
+        let Some(tm) = self.tms.get_mut(id).filter(|tm| !tm.lost) else {
+            return false;
+        };
         match tm.tasks.get(&key) {
             Some(existing) if existing.attempt > status.attempt => {}
             _ => {
@@ -134,14 +148,20 @@ impl Registry {
             let silent_for = now.saturating_duration_since(tm.last_heartbeat);
             if silent_for > timeout {
                 tm.lost = true;
-                lost.push(Lost { id: tm.id.clone(), silent_for });
+                lost.push(Lost {
+                    id: tm.id.clone(),
+                    silent_for,
+                });
             }
         }
         lost
     }
 
     /// Keeps only the task statuses `keep` accepts.
-    pub fn retain_tasks(&mut self, mut keep: impl FnMut(&TaskManagerId, &TaskKey, &TaskStatus) -> bool) {
+    pub fn retain_tasks(
+        &mut self,
+        mut keep: impl FnMut(&TaskManagerId, &TaskKey, &TaskStatus) -> bool,
+    ) {
         for tm in self.tms.values_mut() {
             let id = tm.id.clone();
             tm.tasks.retain(|k, s| keep(&id, k, s));
@@ -195,7 +215,11 @@ mod tests {
     }
 
     fn key(job: &str) -> TaskKey {
-        TaskKey { job_id: job.into(), vertex: VertexId(0), index: SubtaskIndex(0) }
+        TaskKey {
+            job_id: job.into(),
+            vertex: VertexId(0),
+            index: SubtaskIndex(0),
+        }
     }
 
     fn status(attempt: u32, state: TaskState) -> TaskStatus {
@@ -223,9 +247,15 @@ mod tests {
         assert!(r.expire(Instant::now(), timeout).is_empty());
         tokio::time::advance(Duration::from_secs(5)).await;
         let lost = r.expire(Instant::now(), timeout);
-        assert_eq!(lost.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            lost.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
         assert!(lost[0].silent_for > timeout);
-        assert!(r.expire(Instant::now(), timeout).is_empty(), "lost only once");
+        assert!(
+            r.expire(Instant::now(), timeout).is_empty(),
+            "lost only once"
+        );
         assert_eq!(r.total_slots(), 2, "a lost TaskManager offers no slots");
         assert!(!r.heartbeat(&"a".into(), vec![], 1, Instant::now()));
         r.register(registration("a"), Instant::now());
@@ -246,8 +276,16 @@ mod tests {
         r.register(registration("a"), Instant::now());
         r.report(&tm, key("failed"), status(0, TaskState::Failed));
         r.report(&tm, key("gone"), status(0, TaskState::Running));
-        r.heartbeat(&tm, vec![(key("new"), status(0, TaskState::Running))], 0, Instant::now());
-        assert_eq!(r.task(&tm, &key("failed")).map(|s| s.state), Some(TaskState::Failed));
+        r.heartbeat(
+            &tm,
+            vec![(key("new"), status(0, TaskState::Running))],
+            0,
+            Instant::now(),
+        );
+        assert_eq!(
+            r.task(&tm, &key("failed")).map(|s| s.state),
+            Some(TaskState::Failed)
+        );
         assert!(r.task(&tm, &key("gone")).is_none());
         assert!(r.task(&tm, &key("new")).is_some());
     }
@@ -259,6 +297,9 @@ mod tests {
         r.register(registration("a"), Instant::now());
         r.report(&tm, key("j"), status(2, TaskState::Running));
         r.report(&tm, key("j"), status(1, TaskState::Failed));
-        assert_eq!(r.task(&tm, &key("j")).map(|s| (s.attempt, s.state)), Some((Attempt(2), TaskState::Running)));
+        assert_eq!(
+            r.task(&tm, &key("j")).map(|s| (s.attempt, s.state)),
+            Some((Attempt(2), TaskState::Running))
+        );
     }
 }

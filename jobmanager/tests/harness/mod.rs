@@ -2,7 +2,8 @@
 //! TaskManagers that register, heartbeat the statuses a test sets, and record
 //! the DeployTasks / CancelJob calls they receive.
 
-#![allow(dead_code)]
+// Test support: a failed setup step should fail the test loudly.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use eddy_jobmanager::JobManager;
 use eddy_jobmanager::config::Config;
@@ -27,7 +28,9 @@ pub fn config(dir: &Path) -> Config {
 }
 
 pub async fn start_jm(dir: &Path) -> JobManager {
-    let jm = JobManager::start(config(dir), Some(&dir.join("ready.json"))).await.unwrap();
+    let jm = JobManager::start(config(dir), Some(&dir.join("ready.json")))
+        .await
+        .unwrap();
     // Wait until it leads (a group of one elects itself quickly).
     wait_for("leadership", || async { jm.context().is_leader() }).await;
     jm
@@ -41,7 +44,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -67,20 +73,38 @@ pub struct FakeTm {
 
 struct Service(Arc<FakeTm>);
 
-fn subtask_status(job_id: &str, p: &pb::SubtaskPlacement, attempt: u32, state: pb::TaskState) -> pb::TaskStatus {
+fn subtask_status(
+    job_id: &str,
+    p: &pb::SubtaskPlacement,
+    attempt: u32,
+    state: pb::TaskState,
+) -> pb::TaskStatus {
     pb::TaskStatus {
-        subtask: Some(pb::SubtaskRef { job_id: job_id.into(), vertex: p.vertex, index: p.index, attempt }),
+        subtask: Some(pb::SubtaskRef {
+            job_id: job_id.into(),
+            vertex: p.vertex,
+            index: p.index,
+            attempt,
+        }),
         state: state as i32,
         failure_chain: vec![],
         failure_class: String::new(),
-        metrics: Some(pb::SubtaskMetrics { records_in: 10, records_out: 10, backpressured_ms_per_sec: 300, ..Default::default() }),
+        metrics: Some(pb::SubtaskMetrics {
+            records_in: 10,
+            records_out: 10,
+            backpressured_ms_per_sec: 300,
+            ..Default::default()
+        }),
         slot: p.slot,
     }
 }
 
 #[tonic::async_trait]
 impl pb::task_manager_service_server::TaskManagerService for Service {
-    async fn deploy_tasks(&self, request: Request<pb::DeployTasksRequest>) -> Result<Response<pb::DeployTasksResponse>, Status> {
+    async fn deploy_tasks(
+        &self,
+        request: Request<pb::DeployTasksRequest>,
+    ) -> Result<Response<pb::DeployTasksResponse>, Status> {
         let req = request.into_inner();
         if let Some(msg) = self.0.fail_deploy.lock().unwrap().clone() {
             return Err(Status::internal(msg));
@@ -88,17 +112,27 @@ impl pb::task_manager_service_server::TaskManagerService for Service {
         if self.0.auto_run.load(Ordering::SeqCst) {
             let mut tasks = self.0.tasks.lock().unwrap();
             for p in &req.deploy {
-                tasks.push(subtask_status(&req.job_id, p, req.attempt, pb::TaskState::Running));
+                tasks.push(subtask_status(
+                    &req.job_id,
+                    p,
+                    req.attempt,
+                    pb::TaskState::Running,
+                ));
             }
         }
         self.0.deploys.lock().unwrap().push(req);
         Ok(Response::new(pb::DeployTasksResponse {}))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let req = request.into_inner();
         for t in self.0.tasks.lock().unwrap().iter_mut() {
-            if t.subtask.as_ref().is_some_and(|s| s.job_id == req.job_id) && t.state == pb::TaskState::Running as i32 {
+            if t.subtask.as_ref().is_some_and(|s| s.job_id == req.job_id)
+                && t.state == pb::TaskState::Running as i32
+            {
                 t.state = pb::TaskState::Canceled as i32;
             }
         }
@@ -126,7 +160,9 @@ impl FakeTm {
             tasks_handles: Mutex::default(),
         });
         let server = tonic::transport::Server::builder()
-            .add_service(pb::task_manager_service_server::TaskManagerServiceServer::new(Service(tm.clone())))
+            .add_service(
+                pb::task_manager_service_server::TaskManagerServiceServer::new(Service(tm.clone())),
+            )
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         let h1 = tokio::spawn(async move {
             let _ = server.await;
@@ -147,7 +183,11 @@ impl FakeTm {
             tm_id: self.id.clone(),
             rpc_addr: self.rpc_addr.clone(),
             slots: self.slots,
-            kpu: Some(pb::Kpu { vcpu_millis: 1000, memory_bytes: 1 << 30, disk_bytes: 1 << 32 }),
+            kpu: Some(pb::Kpu {
+                vcpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 1 << 32,
+            }),
             metrics_url: String::new(),
             tasks: self.tasks.lock().unwrap().clone(),
             custom_operators: vec![],
@@ -162,7 +202,11 @@ impl FakeTm {
             if self.silent.load(Ordering::SeqCst) {
                 continue;
             }
-            let req = pb::HeartbeatRequest { tm_id: self.id.clone(), tasks: self.tasks.lock().unwrap().clone(), rss_bytes: 1 };
+            let req = pb::HeartbeatRequest {
+                tm_id: self.id.clone(),
+                tasks: self.tasks.lock().unwrap().clone(),
+                rss_bytes: 1,
+            };
             match client.heartbeat(req).await {
                 Ok(r) if !r.get_ref().known => {
                     let _ = self.clone().register_quietly().await;
@@ -199,11 +243,21 @@ impl FakeTm {
     }
 
     pub fn deployed_jobs(&self) -> Vec<String> {
-        self.deploys.lock().unwrap().iter().map(|d| d.job_id.clone()).collect()
+        self.deploys
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.job_id.clone())
+            .collect()
     }
 
     pub fn cancelled_jobs(&self) -> Vec<String> {
-        self.cancels.lock().unwrap().iter().map(|d| d.job_id.clone()).collect()
+        self.cancels
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.job_id.clone())
+            .collect()
     }
 
     pub fn stop(&self) {
@@ -221,16 +275,29 @@ pub struct Rest {
 
 impl Rest {
     pub fn new(jm: &JobManager) -> Rest {
-        Rest { base: format!("http://{}", jm.rest_addr()), http: reqwest::Client::new() }
+        Rest {
+            base: format!("http://{}", jm.rest_addr()),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    pub async fn post(&self, path: &str, body: &str, content_type: &str) -> (u16, serde_json::Value) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: &str,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
@@ -250,11 +317,17 @@ impl Rest {
     }
 
     pub async fn job_state(&self, id: &str) -> String {
-        self.get(&format!("/v1/jobs/{id}")).await.1["state"].as_str().unwrap_or("?").to_string()
+        self.get(&format!("/v1/jobs/{id}")).await.1["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
     }
 
     pub async fn wait_state(&self, id: &str, state: &str) {
-        wait_for(&format!("job {id} {state}"), || async { self.job_state(id).await == state }).await;
+        wait_for(&format!("job {id} {state}"), || async {
+            self.job_state(id).await == state
+        })
+        .await;
     }
 }
 

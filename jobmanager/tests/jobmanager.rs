@@ -30,6 +30,25 @@ async fn assert_invalid(rest: &Rest, body: &str, code: &str, node: Option<&str>)
     }
 }
 
+/// The body has every required property of the documented schema and no
+/// undocumented one.
+fn assert_matches_schema(doc: &serde_json::Value, schema: &str, body: &serde_json::Value) {
+    let schema = &doc["components"]["schemas"][schema];
+    let props = schema["properties"]
+        .as_object()
+        .expect("documented schema has properties");
+    let body = body.as_object().expect("body is an object");
+    for key in body.keys() {
+        assert!(props.contains_key(key), "{key} is not documented");
+    }
+    for required in schema["required"].as_array().into_iter().flatten() {
+        assert!(
+            body.contains_key(required.as_str().unwrap()),
+            "{required} is documented as required but missing"
+        );
+    }
+}
+
 /// Malformed specs answer 400 with a code, a message and the node at fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_malformed_specs_answer_400_with_code_message_node() {
@@ -164,9 +183,22 @@ async fn rest_unknown_route_wrong_method_big_body_keep_error_shape() {
     let (status, body) = rest.post("/v1/jobs", &big, "application/json").await;
     assert_eq!(status, 413, "{body}");
     assert!(body["error"]["code"].is_string());
-    let (status, body) = rest.get("/v1/openapi.json").await;
+    let (status, doc) = rest.get("/v1/openapi.json").await;
     assert_eq!(status, 200);
-    assert_eq!(body["openapi"], "3.1.0");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/overview",
+        "/v1/taskmanagers",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/openapi.json",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    let overview = rest.get("/v1/overview").await.1;
+    assert_matches_schema(&doc, "Overview", &overview);
     let metrics = rest
         .http
         .get(format!("{}/metrics", rest.base))
@@ -215,6 +247,16 @@ async fn job_runs_spread_over_two_tms_and_finishes() {
     })
     .await;
     let detail = rest.get(&format!("/v1/jobs/{id}")).await.1;
+    let doc = rest.get("/v1/openapi.json").await.1;
+    assert_matches_schema(&doc, "JobDetail", &detail);
+    assert_matches_schema(&doc, "VertexInfo", &detail["vertices"][0]);
+    assert_matches_schema(&doc, "SubtaskInfo", &detail["vertices"][0]["subtasks"][0]);
+    assert_matches_schema(
+        &doc,
+        "TaskManagerList",
+        &rest.get("/v1/taskmanagers").await.1,
+    );
+    assert_matches_schema(&doc, "JobList", &rest.get("/v1/jobs").await.1);
     assert_eq!(detail["vertices"][0]["backpressure"], 0.3);
     assert!(detail["start_time"].is_string());
     let overview = rest.get("/v1/overview").await.1;

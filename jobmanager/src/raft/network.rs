@@ -104,9 +104,11 @@ impl NetworkClient {
                 .into());
             }
             Ok(Err(status)) => {
-                return Err(
-                    NetworkError::new(&Msg(format!("raft peer {}: {status}", self.target))).into(),
-                );
+                return Err(NetworkError::new(&Msg(format!(
+                    "raft peer {}: {status}",
+                    self.target
+                )))
+                .into());
             }
             Ok(Ok(r)) => r.into_inner(),
         };

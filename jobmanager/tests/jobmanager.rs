@@ -43,7 +43,7 @@ fn assert_matches_schema(doc: &serde_json::Value, schema: &str, body: &serde_jso
     }
     for required in schema["required"].as_array().into_iter().flatten() {
         assert!(
-            body.contains_key(required.as_str().unwrap()),
+            body.contains_key(required.as_str().expect("required entries are strings")),
             "{required} is documented as required but missing"
         );
     }

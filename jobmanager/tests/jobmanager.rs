@@ -500,3 +500,27 @@ async fn restart_without_tm_fails_job_did_not_reregister() {
     assert_eq!(failure["message"], "taskmanager tm-a did not re-register");
     jm.shutdown().await;
 }
+
+/// Tasks a TaskManager reports for a job the cluster does not know (or that
+/// has ended) are cancelled there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_tasks_of_unknown_job_get_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let jm = start_jm(dir.path()).await;
+    let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
+    tm.tasks.lock().unwrap().push(pb::TaskStatus {
+        subtask: Some(pb::SubtaskRef {
+            job_id: "ghost".into(),
+            vertex: 0,
+            index: 0,
+            attempt: 0,
+        }),
+        state: pb::TaskState::Running as i32,
+        ..Default::default()
+    });
+    wait_for("cancel of the unknown job", || async {
+        tm.cancelled_jobs().contains(&"ghost".to_string())
+    })
+    .await;
+    jm.shutdown().await;
+}

@@ -114,9 +114,8 @@ async fn submit_malformed_specs_answer_400_with_code_message_node() {
     jm.shutdown().await;
 }
 
-/// Column and SQL errors need the schema checks of `eddy_sdk::plan::validate`.
+/// Column and SQL errors are caught by the schema checks of `eddy_sdk::plan::validate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "enable once scheduler::validate calls eddy_sdk::plan::validate (see SWITCH(plan))"]
 async fn submit_bad_sql_and_unknown_column_answer_400() {
     let dir = tempfile::tempdir().unwrap();
     let jm = start_jm(dir.path()).await;

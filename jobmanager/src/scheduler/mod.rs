@@ -15,11 +15,7 @@ pub use solve::{Capacity, Shortage, solve};
 /// Validates a spec for submission: structure, graph, schemas and SQL, and
 /// that the job fits in `total_slots` (when known).
 pub fn validate(spec: &JobSpec, total_slots: Option<u32>) -> Result<JobGraph, ApiError> {
-    // SWITCH(plan): once `eddy_sdk::plan::validate` exists, replace the two
-    // lines below with `eddy_sdk::plan::validate(spec, total_slots).map(|(g, _)| g)`
-    // so schemas and SQL are checked too.
-    eddy_sdk::spec::validate_structure(spec, total_slots)?;
-    graph::build(spec)
+    eddy_sdk::plan::validate(spec, total_slots).map(|(graph, _schemas)| graph)
 }
 
 /// The vertices of a stored spec with their parallelism.

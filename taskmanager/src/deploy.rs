@@ -144,7 +144,8 @@ impl Node {
         let mut started = 0;
         for s in ready {
             let (key, slot) = (s.key.clone(), s.slot);
-            let span = tracing::info_span!("subtask", job_id = %key.job_id, vertex = key.vertex.0, subtask = key.index, tm_id = %self.tm_id);
+            // A root span: the subtask outlives the DeployTasks call.
+            let span = tracing::info_span!(parent: None, "subtask", job_id = %key.job_id, vertex = key.vertex.0, subtask = key.index, tm_id = %self.tm_id);
             let run = run_subtask(self.clone(), job.clone(), placements.clone(), attempt, s)
                 .instrument(span);
             match self.slots.spawn(slot, run) {

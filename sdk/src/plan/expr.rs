@@ -36,7 +36,9 @@ use datafusion_expr::simplify::SimplifyContext;
 use datafusion_expr::{AggregateUDF, Expr, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
 use datafusion_optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion_optimizer::simplify_expressions::ExprSimplifier;
-use datafusion_physical_expr::{PhysicalExpr, create_physical_expr};
+/// Re-exported so users of compiled expressions need no DataFusion dependency.
+pub use datafusion_physical_expr::PhysicalExpr;
+use datafusion_physical_expr::create_physical_expr;
 use datafusion_sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::ast::{self as sql, Visit, Visitor};
 use datafusion_sql::sqlparser::dialect::GenericDialect;

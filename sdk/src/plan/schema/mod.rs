@@ -7,7 +7,10 @@
 
 mod window;
 
-pub use window::{AggregateLayout, WindowLayout, window_layout};
+pub use window::{
+    AggregateLayout, WINDOW_END, WINDOW_START, WindowLayout, is_float, is_integer, is_timestamp,
+    window_layout,
+};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::graph::{self, JobGraph};

@@ -1,0 +1,186 @@
+use super::*;
+use crate::operators::harness::drain_source;
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use eddy_sdk::ids::{JobId, VertexId};
+use eddy_sdk::plan::infer_schemas;
+use eddy_sdk::spec::{JobSpec, NodeKind, parse_yaml_or_json};
+
+const GEN: &str = r#"
+name: g
+parallelism: 3
+nodes:
+  - {id: gen, kind: datagen, count: COUNT, seed: 7, fields: [
+      {name: id, type: int64, gen: sequence},
+      {name: label, type: utf8, gen: sequence, start: 100, step: 2},
+      {name: dice, type: int64, gen: random, min: 1, max: 6},
+      {name: price, type: float64, gen: random, min: 0.5, max: 2.5},
+      {name: ts, type: timestamp_ms, gen: timestamp, start: "2026-01-01T00:00:00Z", step: 10ms}]}
+  - {id: out, kind: blackhole, input: gen}
+"#;
+
+fn spec(count: u64, extra: &str) -> JobSpec {
+    let yaml = GEN
+        .replace("COUNT", &count.to_string())
+        .replace("seed: 7,", &format!("seed: 7, {extra}"));
+    parse_yaml_or_json(&yaml).unwrap()
+}
+
+fn source(spec: &JobSpec, subtask: u32, parallelism: u32) -> Datagen {
+    let NodeKind::Datagen(d) = &spec.nodes[0].kind else {
+        unreachable!("the first node is the datagen")
+    };
+    let schema = infer_schemas(spec)
+        .unwrap()
+        .get(&spec.nodes[0].id)
+        .unwrap()
+        .clone();
+    let ctx = TaskContext {
+        job_id: JobId::from("j"),
+        vertex: VertexId(0),
+        subtask,
+        parallelism,
+        max_parallelism: 128,
+    };
+    Datagen::new(&spec.nodes[0].id, d, schema, &ctx)
+}
+
+/// Every generated row as (id, label, dice, price bits, ts), sorted by id.
+fn rows(batches: &[RecordBatch]) -> Vec<(i64, String, i64, u64, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let id = b.column(0).as_primitive::<Int64Type>();
+        let label = b.column(1).as_string::<i32>();
+        let dice = b.column(2).as_primitive::<Int64Type>();
+        let price = b.column(3).as_primitive::<Float64Type>();
+        let ts = b.column(4).as_primitive::<TimestampMillisecondType>();
+        for i in 0..b.num_rows() {
+            out.push((
+                id.value(i),
+                label.value(i).to_string(),
+                dice.value(i),
+                price.value(i).to_bits(),
+                ts.value(i),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn datagen_rows_do_not_depend_on_parallelism() {
+    let s = spec(1_000, "batch_size: 64,");
+    let single = rows(&drain_source(&mut source(&s, 0, 1)));
+    let mut split = Vec::new();
+    for i in 0..3 {
+        split.extend(drain_source(&mut source(&s, i, 3)));
+    }
+    let split = rows(&split);
+    assert_eq!(single.len(), 1_000);
+    assert_eq!(single, split);
+    let (id, label, _, _, ts) = &single[7];
+    assert_eq!(
+        (*id, label.as_str(), *ts),
+        (7, "114", 1_767_225_600_000 + 70)
+    );
+}
+
+#[test]
+fn datagen_count_bounds_the_total_over_subtasks() {
+    let s = spec(10, "");
+    let counts: Vec<usize> = (0..3)
+        .map(|i| rows(&drain_source(&mut source(&s, i, 3))).len())
+        .collect();
+    assert_eq!(counts, [4, 3, 3]);
+    let s = spec(2, "");
+    let counts: Vec<usize> = (0..3)
+        .map(|i| rows(&drain_source(&mut source(&s, i, 3))).len())
+        .collect();
+    assert_eq!(counts, [1, 1, 0]);
+    // Subtask 1 of 3 generates rows 1, 4, 7.
+    let ids: Vec<i64> = rows(&drain_source(&mut source(&spec(9, ""), 1, 3)))
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(ids, [1, 4, 7]);
+}
+
+#[test]
+fn datagen_batches_are_batch_size_rows() {
+    let sizes: Vec<usize> = drain_source(&mut source(&spec(20_000, ""), 0, 1))
+        .iter()
+        .map(|b| b.num_rows())
+        .collect();
+    assert_eq!(sizes, [8192, 8192, 3616]);
+}
+
+#[test]
+fn datagen_random_values_stay_in_range_and_vary() {
+    let all = rows(&drain_source(&mut source(&spec(5_000, ""), 0, 1)));
+    assert!(all.iter().all(|r| (1..=6).contains(&r.2)));
+    for face in 1..=6 {
+        assert!(all.iter().any(|r| r.2 == face), "face {face} never came up");
+    }
+    let prices: Vec<f64> = all.iter().map(|r| f64::from_bits(r.3)).collect();
+    assert!(prices.iter().all(|p| (0.5..2.5).contains(p)));
+    assert!(prices.iter().any(|p| *p < 1.0) && prices.iter().any(|p| *p > 2.0));
+}
+
+#[test]
+fn datagen_seed_changes_random_columns_only() {
+    let a = rows(&drain_source(&mut source(&spec(100, ""), 0, 1)));
+    let other =
+        parse_yaml_or_json(&GEN.replace("COUNT", "100").replace("seed: 7", "seed: 8")).unwrap();
+    let b = rows(&drain_source(&mut source(&other, 0, 1)));
+    assert!(
+        a.iter()
+            .zip(&b)
+            .all(|(x, y)| x.0 == y.0 && x.1 == y.1 && x.4 == y.4)
+    );
+    assert_ne!(
+        a.iter().map(|r| r.3).collect::<Vec<_>>(),
+        b.iter().map(|r| r.3).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn datagen_with_rate_is_idle_before_tokens_accrue() {
+    let mut s = source(&spec(1_000, "rows_per_second: 10,"), 0, 1);
+    let mut c = Collector::new();
+    assert!(matches!(s.poll(&mut c).unwrap(), SourcePoll::Idle(d) if d > Duration::ZERO));
+    assert!(c.is_empty());
+}
+
+#[test]
+fn pacing_emits_small_batches_at_the_rate() {
+    let t0 = Instant::now();
+    // 100 rows/s: 5 rows accrue per 50 ms linger.
+    let mut p = Pacing::new(100.0, 8192, t0);
+    assert_eq!(p.target, 5);
+    assert!(p.take(8192, t0).is_err());
+    assert!(
+        p.take(8192, t0 + Duration::from_millis(30)).is_err(),
+        "3 tokens are not a batch yet"
+    );
+    assert_eq!(p.take(8192, t0 + Duration::from_millis(60)), Ok(6));
+    // A long stall catches up at most MAX_BURST worth (10 rows at this rate).
+    assert_eq!(p.take(8192, t0 + Duration::from_secs(60)), Ok(10));
+    // The end of a bounded input does not wait for a full batch.
+    assert_eq!(
+        p.take(2, t0 + Duration::from_secs(60) + Duration::from_millis(20)),
+        Ok(2)
+    );
+}
+
+#[test]
+fn pacing_high_rate_uses_full_batches() {
+    let t0 = Instant::now();
+    let mut p = Pacing::new(1_000_000.0, 8192, t0);
+    assert_eq!(p.target, 8192);
+    assert_eq!(p.take(8192, t0 + Duration::from_millis(10)), Ok(8192));
+    assert!(
+        p.take(8192, t0 + Duration::from_millis(10)).is_err(),
+        "1808 tokens left are not a batch"
+    );
+}

@@ -20,7 +20,11 @@ pub enum Error {
         source: reqwest::Error,
     },
     #[error("unexpected answer from {url}: HTTP {status}: {body}")]
-    Unexpected { url: String, status: u16, body: String },
+    Unexpected {
+        url: String,
+        status: u16,
+        body: String,
+    },
 }
 
 impl Error {
@@ -75,7 +79,11 @@ impl Client {
 
     /// Submits a spec given as JSON or YAML text.
     pub async fn submit(&self, spec_text: &str) -> Result<SubmitResponse> {
-        let content_type = if spec_text.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
+        let content_type = if spec_text.trim_start().starts_with('{') {
+            "application/json"
+        } else {
+            "application/yaml"
+        };
         let url = format!("{}/v1/jobs", self.base);
         let resp = self
             .http
@@ -84,34 +92,65 @@ impl Client {
             .body(spec_text.to_string())
             .send()
             .await
-            .map_err(|source| Error::Transport { url: url.clone(), source })?;
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source,
+            })?;
         Self::decode(url, resp).await
     }
 
     pub async fn cancel(&self, id: &str) -> Result<serde_json::Value> {
         let url = format!("{}/v1/jobs/{id}/cancel", self.base);
-        let resp = self.http.post(&url).send().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        let resp = self
+            .http
+            .post(&url)
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source,
+            })?;
         Self::decode(url, resp).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source,
+            })?;
         Self::decode(url, resp).await
     }
 
     async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
-        let body = resp.text().await.map_err(|source| Error::Transport { url: url.clone(), source })?;
+        let body = resp.text().await.map_err(|source| Error::Transport {
+            url: url.clone(),
+            source,
+        })?;
         if status.is_success() {
-            return serde_json::from_str(&body).map_err(|_| Error::Unexpected { url, status: status.as_u16(), body });
+            return serde_json::from_str(&body).map_err(|_| Error::Unexpected {
+                url,
+                status: status.as_u16(),
+                body,
+            });
         }
         match serde_json::from_str::<ErrorBody>(&body) {
             Ok(e) => Err(Error::Api(e.error)),
-            Err(_) if status == StatusCode::NOT_FOUND => {
-                Err(Error::Api(ApiError::new(ErrorCode::NotFound, format!("{url} not found"))))
-            }
-            Err(_) => Err(Error::Unexpected { url, status: status.as_u16(), body }),
+            Err(_) if status == StatusCode::NOT_FOUND => Err(Error::Api(ApiError::new(
+                ErrorCode::NotFound,
+                format!("{url} not found"),
+            ))),
+            Err(_) => Err(Error::Unexpected {
+                url,
+                status: status.as_u16(),
+                body,
+            }),
         }
     }
 }

@@ -111,7 +111,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), node: None, field: None, leader: None }
+        ApiError {
+            code,
+            message: message.into(),
+            node: None,
+            field: None,
+            leader: None,
+        }
     }
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
@@ -161,7 +167,10 @@ impl FailureClass {
     }
     /// Whether restarting can help (infrastructure and connectors usually recover).
     pub fn retryable(self) -> bool {
-        matches!(self, FailureClass::Infrastructure | FailureClass::Connector | FailureClass::Resources)
+        matches!(
+            self,
+            FailureClass::Infrastructure | FailureClass::Connector | FailureClass::Resources
+        )
     }
 }
 

@@ -28,7 +28,11 @@ pub struct Vertex {
 impl Vertex {
     /// A readable name: the chained node ids joined by ` -> `.
     pub fn name(&self) -> String {
-        self.nodes.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" -> ")
+        self.nodes
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" -> ")
     }
 }
 
@@ -80,11 +84,18 @@ impl JobGraph {
     }
     /// The vertex a node runs in.
     pub fn vertex_of(&self, node: &NodeId) -> Option<VertexId> {
-        self.vertices.iter().find(|v| v.nodes.contains(node)).map(|v| v.id)
+        self.vertices
+            .iter()
+            .find(|v| v.nodes.contains(node))
+            .map(|v| v.id)
     }
     /// Slots the job needs: one per subtask of its widest vertex (slot sharing).
     pub fn slots_needed(&self) -> u32 {
-        self.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0)
+        self.vertices
+            .iter()
+            .map(|v| v.parallelism)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -102,7 +113,11 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
             let single_consumer = spec.consumers(&input.id).count() == 1;
             let same_p = spec.node_parallelism(input) == parallelism;
             (single_consumer && same_p && !repartitions)
-                .then(|| vertices.iter().position(|v| v.nodes.last() == Some(&input.id)))
+                .then(|| {
+                    vertices
+                        .iter()
+                        .position(|v| v.nodes.last() == Some(&input.id))
+                })
                 .flatten()
         });
         match chain_into {
@@ -116,19 +131,32 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
                         .map(|v| v.id)
                         .expect("topological order puts every input's vertex first");
                     let partitioning = match &node.kind {
-                        NodeKind::Window(w) => Partitioning::Hash { key_columns: w.key_by.clone() },
+                        NodeKind::Window(w) => Partitioning::Hash {
+                            key_columns: w.key_by.clone(),
+                        },
                         _ if spec.node_parallelism(input) == parallelism => Partitioning::Forward,
                         _ => Partitioning::Rebalance,
                     };
-                    edges.push(Edge { from, to: id, partitioning });
+                    edges.push(Edge {
+                        from,
+                        to: id,
+                        partitioning,
+                    });
                 }
-                vertices.push(Vertex { id, nodes: vec![node.id.clone()], parallelism, watermark: None });
+                vertices.push(Vertex {
+                    id,
+                    nodes: vec![node.id.clone()],
+                    parallelism,
+                    watermark: None,
+                });
             }
         }
     }
     // A window's event time is assigned at the end of the vertex feeding it.
     for node in &spec.nodes {
-        let NodeKind::Window(w) = &node.kind else { continue };
+        let NodeKind::Window(w) = &node.kind else {
+            continue;
+        };
         let Some(input) = &node.input else { continue };
         let assigner = WatermarkAssigner {
             column: w.event_time.column.clone(),
@@ -142,7 +170,10 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
             Some(existing) if existing != &assigner => {
                 return Err(ApiError::new(
                     ErrorCode::InvalidSpec,
-                    format!("windows reading `{input}` disagree on event time ({} vs {})", existing.column, assigner.column),
+                    format!(
+                        "windows reading `{input}` disagree on event time ({} vs {})",
+                        existing.column, assigner.column
+                    ),
                 )
                 .with_node(node.id.as_str())
                 .with_field("event_time"));
@@ -150,7 +181,11 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
             _ => v.watermark = Some(assigner),
         }
     }
-    Ok(JobGraph { vertices, edges, max_parallelism: spec.max_parallelism })
+    Ok(JobGraph {
+        vertices,
+        edges,
+        max_parallelism: spec.max_parallelism,
+    })
 }
 
 fn topological_order(spec: &JobSpec) -> Result<Vec<&crate::spec::NodeSpec>, ApiError> {
@@ -168,10 +203,18 @@ fn topological_order(spec: &JobSpec) -> Result<Vec<&crate::spec::NodeSpec>, ApiE
             }
         }
         if out.len() == before {
-            let stuck = spec.nodes.iter().find(|n| !placed.contains(&n.id)).map(|n| n.id.to_string()).unwrap_or_default();
-            return Err(ApiError::new(ErrorCode::InvalidSpec, format!("node `{stuck}` is part of a cycle"))
-                .with_node(stuck)
-                .with_field("input"));
+            let stuck = spec
+                .nodes
+                .iter()
+                .find(|n| !placed.contains(&n.id))
+                .map(|n| n.id.to_string())
+                .unwrap_or_default();
+            return Err(ApiError::new(
+                ErrorCode::InvalidSpec,
+                format!("node `{stuck}` is part of a cycle"),
+            )
+            .with_node(stuck)
+            .with_field("input"));
         }
     }
     Ok(out)
@@ -202,8 +245,24 @@ nodes:
         assert_eq!(g.vertices.len(), 2);
         assert_eq!(g.vertices[0].name(), "gen -> enrich");
         assert_eq!(g.vertices[1].name(), "w -> out");
-        assert_eq!(g.vertices[0].watermark.as_ref().unwrap().max_out_of_orderness_ms, 200);
-        assert_eq!(g.edges, vec![Edge { from: VertexId(0), to: VertexId(1), partitioning: Partitioning::Hash { key_columns: vec!["k".into()] } }]);
+        assert_eq!(
+            g.vertices[0]
+                .watermark
+                .as_ref()
+                .unwrap()
+                .max_out_of_orderness_ms,
+            200
+        );
+        assert_eq!(
+            g.edges,
+            vec![Edge {
+                from: VertexId(0),
+                to: VertexId(1),
+                partitioning: Partitioning::Hash {
+                    key_columns: vec!["k".into()]
+                }
+            }]
+        );
         assert_eq!(g.slots_needed(), 2);
     }
 

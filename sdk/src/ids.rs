@@ -80,7 +80,9 @@ pub struct SlotIndex(pub u32);
 pub struct KeyGroup(pub u32);
 
 /// How many times a job's tasks have been deployed (0 for the first time).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Attempt(pub u32);
 

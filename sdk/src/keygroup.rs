@@ -21,7 +21,11 @@ pub fn subtask_for_key_group(kg: KeyGroup, max_parallelism: u32, parallelism: u3
 
 /// The key groups subtask `index` owns: the inverse of [`subtask_for_key_group`].
 pub fn key_group_range(max_parallelism: u32, parallelism: u32, index: u32) -> Range<u32> {
-    let (m, p, i) = (u64::from(max_parallelism), u64::from(parallelism), u64::from(index));
+    let (m, p, i) = (
+        u64::from(max_parallelism),
+        u64::from(parallelism),
+        u64::from(index),
+    );
     let start = (i * m).div_ceil(p);
     let end = ((i + 1) * m).div_ceil(p);
     start as u32..end as u32

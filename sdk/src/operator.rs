@@ -67,7 +67,11 @@ pub struct OperatorError {
 
 impl OperatorError {
     pub fn new(class: crate::error::FailureClass, message: impl Into<String>) -> Self {
-        OperatorError { class, message: message.into(), source: None }
+        OperatorError {
+            class,
+            message: message.into(),
+            source: None,
+        }
     }
     pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(e));

@@ -23,7 +23,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Finished | JobState::Canceled | JobState::Failed)
+        matches!(
+            self,
+            JobState::Finished | JobState::Canceled | JobState::Failed
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {

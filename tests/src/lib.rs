@@ -23,7 +23,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary> -> target/<profile>
     let exe = std::env::current_exe().expect("the test binary has a path");
-    exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// Logs of the test itself (`RUST_LOG` filters).
@@ -49,7 +52,14 @@ pub struct Node {
 
 impl Node {
     fn start(name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> anyhow::Result<Node> {
-        let mut node = Node { name: name.to_string(), dir, bin, args, child: None, ready: serde_json::Value::Null };
+        let mut node = Node {
+            name: name.to_string(),
+            dir,
+            bin,
+            args,
+            child: None,
+            ready: serde_json::Value::Null,
+        };
         node.spawn()?;
         Ok(node)
     }
@@ -61,15 +71,26 @@ impl Node {
     fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let _ = std::fs::remove_file(self.ready_file());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))?;
         let child = Command::new(&self.bin)
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {} (build the workspace first)", self.bin.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} (build the workspace first)",
+                    self.bin.display()
+                )
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -79,8 +100,16 @@ impl Node {
                 self.ready = v;
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{} exited during startup ({status}):\n{}", self.name, self.log_tail(30));
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "{} exited during startup ({status}):\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
             }
             if Instant::now() > deadline {
                 bail!("{} not ready within 60s:\n{}", self.name, self.log_tail(30));
@@ -120,7 +149,11 @@ impl Node {
     /// on the same ports it had bound (so peers and clients find it again).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9()?;
-        for (flag, field) in [("--rest-addr", "rest_addr"), ("--rpc-addr", "rpc_addr"), ("--metrics-addr", "metrics_addr")] {
+        for (flag, field) in [
+            ("--rest-addr", "rest_addr"),
+            ("--rpc-addr", "rpc_addr"),
+            ("--metrics-addr", "metrics_addr"),
+        ] {
             let bound = self.ready_str(field);
             if bound.is_empty() {
                 continue;
@@ -135,18 +168,28 @@ impl Node {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn ready_str(&self, field: &str) -> String {
-        self.ready.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string()
+        self.ready
+            .get(field)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The last lines of the node's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        format!("--- {} ---\n{}", self.name, all[all.len().saturating_sub(lines)..].join("\n"))
+        format!(
+            "--- {} ---\n{}",
+            self.name,
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
     }
 
     pub fn log(&self) -> String {
@@ -211,7 +254,13 @@ impl ClusterBuilder {
             ],
             jm_dir,
         )?;
-        let mut cluster = Cluster { dir: Some(dir), jm, tms: Vec::new(), slots: self.slots, kpu_memory: self.kpu_memory };
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            jm,
+            tms: Vec::new(),
+            slots: self.slots,
+            kpu_memory: self.kpu_memory,
+        };
         for _ in 0..self.taskmanagers {
             cluster.add_taskmanager()?;
         }
@@ -231,11 +280,19 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { taskmanagers: 2, slots: 1, heartbeat_timeout: "3s".into(), kpu_memory: Some("256MiB".into()) }
+        ClusterBuilder {
+            taskmanagers: 2,
+            slots: 1,
+            heartbeat_timeout: "3s".into(),
+            kpu_memory: Some("256MiB".into()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("the temp dir lives as long as the cluster").path()
+        self.dir
+            .as_ref()
+            .expect("the temp dir lives as long as the cluster")
+            .path()
     }
 
     pub fn rest_url(&self) -> String {
@@ -273,16 +330,31 @@ impl Cluster {
 
     pub async fn wait_for_taskmanagers(&self, n: usize) -> anyhow::Result<()> {
         let client = self.client();
-        self.wait_until(Duration::from_secs(60), &format!("{n} TaskManagers registered"), || {
-            let client = client.clone();
-            async move { Ok(client.overview().await.map(|o| o.taskmanagers as usize >= n).unwrap_or(false)) }
-        })
+        self.wait_until(
+            Duration::from_secs(60),
+            &format!("{n} TaskManagers registered"),
+            || {
+                let client = client.clone();
+                async move {
+                    Ok(client
+                        .overview()
+                        .await
+                        .map(|o| o.taskmanagers as usize >= n)
+                        .unwrap_or(false))
+                }
+            },
+        )
         .await
     }
 
     /// Polls `check` until it returns true; fails with every node's log tail
     /// after `timeout` (a generous bound against hangs, not a speed assertion).
-    pub async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+    pub async fn wait_until<F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: F,
+    ) -> anyhow::Result<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -301,27 +373,48 @@ impl Cluster {
 
     /// Waits until the job reaches `state`; fails early if it reaches another
     /// terminal state.
-    pub async fn wait_for_job_state(&self, job_id: &str, state: JobState, timeout: Duration) -> anyhow::Result<JobDetail> {
+    pub async fn wait_for_job_state(
+        &self,
+        job_id: &str,
+        state: JobState,
+        timeout: Duration,
+    ) -> anyhow::Result<JobDetail> {
         let client = self.client();
         let deadline = Instant::now() + timeout;
         loop {
             match client.job(job_id).await {
                 Ok(job) if job.state == state => return Ok(job),
                 Ok(job) if job.state.is_terminal() => {
-                    bail!("job {job_id} ended {} while waiting for {state}: {:?}\n{}", job.state, job.failure, self.log_tails(40))
+                    bail!(
+                        "job {job_id} ended {} while waiting for {state}: {:?}\n{}",
+                        job.state,
+                        job.failure,
+                        self.log_tails(40)
+                    )
                 }
                 _ => {}
             }
             if Instant::now() > deadline {
-                let last = client.job(job_id).await.map(|j| j.state.to_string()).unwrap_or_else(|e| e.to_string());
-                bail!("job {job_id} did not reach {state} (last: {last})\n{}", self.log_tails(40));
+                let last = client
+                    .job(job_id)
+                    .await
+                    .map(|j| j.state.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                bail!(
+                    "job {job_id} did not reach {state} (last: {last})\n{}",
+                    self.log_tails(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub fn log_tails(&self, lines: usize) -> String {
-        std::iter::once(&self.jm).chain(self.tms.iter()).map(|n| n.log_tail(lines)).collect::<Vec<_>>().join("\n")
+        std::iter::once(&self.jm)
+            .chain(self.tms.iter())
+            .map(|n| n.log_tail(lines))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -1,5 +1,6 @@
 //! Foundation scenarios on a real cluster: separate JobManager and
 //! TaskManager processes on loopback ports.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use eddy_sdk::ErrorCode;
 use eddy_sdk::rest::JobState;
@@ -33,45 +34,20 @@ nodes:
     )
 }
 
-/// Event time as ms since the epoch, whether the sink wrote a number or a
-/// timestamp string (with or without a zone).
+/// Event time as ms since the epoch: the file sink writes RFC 3339 strings.
 fn ts_ms(v: &serde_json::Value) -> i64 {
-    if let Some(n) = v.as_i64() {
-        return n;
-    }
-    let s = v.as_str().unwrap_or_else(|| panic!("timestamp is neither number nor string: {v}"));
-    if let Ok(t) = chrono_like_parse(s) {
-        return t;
-    }
-    panic!("unparseable timestamp {s:?}")
-}
-
-fn chrono_like_parse(s: &str) -> Result<i64, ()> {
-    // Accept "2026-01-01T00:00:01", "2026-01-01T00:00:01.000", with optional "Z"/offset.
-    let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once('T').or_else(|| s.split_once(' ')).ok_or(())?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next().ok_or(())?.map_err(|_| ())?, d.next().ok_or(())?.map_err(|_| ())?, d.next().ok_or(())?.map_err(|_| ())?);
-    let time = time.split(['+']).next().ok_or(())?;
-    let mut t = time.split(':');
-    let h: i64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
-    let mi: i64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
-    let sec: f64 = t.next().ok_or(())?.parse().map_err(|_| ())?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Ok(days * 86_400_000 + h * 3_600_000 + mi * 60_000 + (sec * 1000.0).round() as i64)
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp is not a string: {v}"));
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("bad timestamp {s:?}: {e}"))
+        .timestamp_millis()
 }
 
 type WindowKey = (i64, i64); // (user_id, window_start_ms)
 
 fn expected_clicks(count: u64) -> HashMap<WindowKey, (i64, f64)> {
-    let base = chrono_like_parse("2026-01-01T00:00:00Z").unwrap();
+    let base = ts_ms(&serde_json::json!("2026-01-01T00:00:00Z"));
     let mut out: HashMap<WindowKey, (i64, f64)> = HashMap::new();
     for id in 0..count as i64 {
         let amount = (id % 100) as f64;
@@ -89,17 +65,22 @@ fn expected_clicks(count: u64) -> HashMap<WindowKey, (i64, f64)> {
 
 fn read_window_output(dir: &Path) -> HashMap<WindowKey, (i64, f64)> {
     let mut out = HashMap::new();
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("no output dir {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("no output dir {}: {e}", dir.display()));
     for entry in entries {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
             let start = ts_ms(&v["window_start"]);
             let end = ts_ms(&v["window_end"]);
             assert_eq!(end - start, 1000, "window bounds in {line}");
             let key = (v["user_id"].as_i64().unwrap(), start);
-            let prev = out.insert(key, (v["n"].as_i64().unwrap(), v["total"].as_f64().unwrap()));
+            let prev = out.insert(
+                key,
+                (v["n"].as_i64().unwrap(), v["total"].as_f64().unwrap()),
+            );
             assert!(prev.is_none(), "window {key:?} emitted twice");
         }
     }
@@ -116,21 +97,37 @@ async fn bounded_clicks_job_on_two_taskmanagers_matches_exact_answer() -> anyhow
     let count = 1_000_000;
     info!("--- submit the clicks job");
     let job = cluster.client().submit(&clicks_spec(&out, count)).await?;
-    let detail = cluster.wait_for_job_state(&job.job_id, JobState::Finished, LONG).await?;
+    let detail = cluster
+        .wait_for_job_state(&job.job_id, JobState::Finished, LONG)
+        .await?;
 
     info!("--- the two subtasks ran on two TaskManagers");
-    let tms: HashSet<_> = detail.vertices.iter().flat_map(|v| v.subtasks.iter().map(|s| s.taskmanager.clone())).collect();
-    assert_eq!(tms.len(), 2, "subtasks should spread over both TaskManagers: {tms:?}");
+    let tms: HashSet<_> = detail
+        .vertices
+        .iter()
+        .flat_map(|v| v.subtasks.iter().map(|s| s.taskmanager.clone()))
+        .collect();
+    assert_eq!(
+        tms.len(),
+        2,
+        "subtasks should spread over both TaskManagers: {tms:?}"
+    );
     assert!(detail.end_time.is_some());
     let source = &detail.vertices[0];
-    assert_eq!(source.records_out, count / 2, "the filter keeps half of the rows");
+    assert_eq!(
+        source.records_out,
+        count / 2,
+        "the filter keeps half of the rows"
+    );
 
     info!("--- compare the output with the exact answer");
     let got = read_window_output(&out);
     let want = expected_clicks(count);
     assert_eq!(got.len(), want.len(), "number of (user, window) rows");
     for (key, (n, total)) in &want {
-        let (gn, gt) = got.get(key).unwrap_or_else(|| panic!("missing window {key:?}"));
+        let (gn, gt) = got
+            .get(key)
+            .unwrap_or_else(|| panic!("missing window {key:?}"));
         assert_eq!(gn, n, "count of {key:?}");
         assert!((gt - total).abs() < 1e-6, "sum of {key:?}: {gt} vs {total}");
     }
@@ -141,13 +138,20 @@ async fn bounded_clicks_job_on_two_taskmanagers_matches_exact_answer() -> anyhow
 /// timeout, and its job FAILS with an infrastructure failure naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taskmanager_sigkill_marks_it_lost_and_fails_the_job() -> anyhow::Result<()> {
-    let mut cluster = Cluster::builder().taskmanagers(2).slots(1).heartbeat_timeout("3s").start().await?;
+    let mut cluster = Cluster::builder()
+        .taskmanagers(2)
+        .slots(1)
+        .heartbeat_timeout("3s")
+        .start()
+        .await?;
     let spec = r#"{"name": "endless", "parallelism": 2, "nodes": [
         {"id": "gen", "kind": "datagen", "rows_per_second": 10000,
          "fields": [{"name": "id", "type": "int64", "gen": "sequence"}]},
         {"id": "out", "kind": "blackhole", "input": "gen"}]}"#;
     let job = cluster.client().submit(spec).await?;
-    cluster.wait_for_job_state(&job.job_id, JobState::Running, LONG).await?;
+    cluster
+        .wait_for_job_state(&job.job_id, JobState::Running, LONG)
+        .await?;
     let victim = cluster.tms[1].name.clone();
     info!(%victim, "--- SIGKILL a TaskManager");
     cluster.tms[1].kill9()?;
@@ -159,17 +163,27 @@ async fn taskmanager_sigkill_marks_it_lost_and_fails_the_job() -> anyhow::Result
             let victim = victim.clone();
             async move {
                 let tms = client.taskmanagers().await?;
-                Ok(tms.taskmanagers.iter().any(|t| t.id == victim && t.state == "LOST"))
+                Ok(tms
+                    .taskmanagers
+                    .iter()
+                    .any(|t| t.id == victim && t.state == "LOST"))
             }
         })
         .await?;
-    let detail = match cluster.wait_for_job_state(&job.job_id, JobState::Failed, LONG).await {
+    let detail = match cluster
+        .wait_for_job_state(&job.job_id, JobState::Failed, LONG)
+        .await
+    {
         Ok(d) => d,
         Err(e) => return Err(e),
     };
     let failure = detail.failure.expect("a failed job says why");
     assert_eq!(failure.class, eddy_sdk::FailureClass::Infrastructure);
-    assert!(failure.message.contains(&victim), "failure names the lost TaskManager: {}", failure.message);
+    assert!(
+        failure.message.contains(&victim),
+        "failure names the lost TaskManager: {}",
+        failure.message
+    );
     Ok(())
 }
 
@@ -178,8 +192,13 @@ async fn taskmanager_sigkill_marks_it_lost_and_fails_the_job() -> anyhow::Result
 async fn jobmanager_restart_keeps_the_job_list() -> anyhow::Result<()> {
     let mut cluster = Cluster::builder().taskmanagers(1).slots(1).start().await?;
     let out = cluster.dir().join("small-out");
-    let job = cluster.client().submit(&clicks_spec(&out, 10_000).replace("parallelism: 2", "parallelism: 1")).await?;
-    cluster.wait_for_job_state(&job.job_id, JobState::Finished, LONG).await?;
+    let job = cluster
+        .client()
+        .submit(&clicks_spec(&out, 10_000).replace("parallelism: 2", "parallelism: 1"))
+        .await?;
+    cluster
+        .wait_for_job_state(&job.job_id, JobState::Finished, LONG)
+        .await?;
     let before = cluster.client().jobs().await?;
 
     info!("--- SIGKILL and restart the JobManager");
@@ -188,7 +207,11 @@ async fn jobmanager_restart_keeps_the_job_list() -> anyhow::Result<()> {
     cluster.jm.restart()?;
     let after = cluster.client().jobs().await?;
     assert_eq!(after.jobs.len(), before.jobs.len());
-    let j = after.jobs.iter().find(|j| j.id == job.job_id).expect("the job survives the restart");
+    let j = after
+        .jobs
+        .iter()
+        .find(|j| j.id == job.job_id)
+        .expect("the job survives the restart");
     assert_eq!(j.state, JobState::Finished);
     assert_eq!(j.name, "clicks");
     Ok(())
@@ -208,7 +231,9 @@ async fn slow_sink_backpressures_producer_with_bounded_memory() -> anyhow::Resul
         {"id": "slow", "kind": "blackhole", "input": "gen", "parallelism": 1, "rows_per_second": 2000}]}"#;
     let client = cluster.client();
     let job = client.submit(spec).await?;
-    cluster.wait_for_job_state(&job.job_id, JobState::Running, LONG).await?;
+    cluster
+        .wait_for_job_state(&job.job_id, JobState::Running, LONG)
+        .await?;
 
     info!("--- wait until the source vertex reports backpressure");
     let job_id = job.job_id.clone();
@@ -224,20 +249,43 @@ async fn slow_sink_backpressures_producer_with_bounded_memory() -> anyhow::Resul
         .await?;
 
     info!("--- memory of the producer TaskManagers stays bounded while the sink lags");
-    let rss = |tms: &eddy_sdk::rest::TaskManagerList| tms.taskmanagers.iter().map(|t| t.rss_bytes).max().unwrap_or(0);
+    let rss = |tms: &eddy_sdk::rest::TaskManagerList| {
+        tms.taskmanagers
+            .iter()
+            .map(|t| t.rss_bytes)
+            .max()
+            .unwrap_or(0)
+    };
     let first = rss(&client.taskmanagers().await?);
     let sent_first = client.job(&job_id).await?.vertices[0].records_out;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let second = rss(&client.taskmanagers().await?);
     let detail = client.job(&job_id).await?;
     let sent_second = detail.vertices[0].records_out;
-    info!(first, second, sent_first, sent_second, "rss and records out");
+    info!(
+        first,
+        second, sent_first, sent_second, "rss and records out"
+    );
     // An unbounded buffer would hold everything the fast sources made; with
     // credits, what the sources emit is tied to what the sink accepts.
-    assert!(sent_second - sent_first < 200_000, "sources emitted {} rows in 5 s against a 2000 rows/s sink", sent_second - sent_first);
-    assert!(second < 256 << 20, "producer TaskManager RSS {second} bytes");
-    assert!(second < first + (64 << 20), "RSS grew from {first} to {second} bytes");
-    assert!(detail.vertices[0].backpressure > 0.5, "source backpressure {}", detail.vertices[0].backpressure);
+    assert!(
+        sent_second - sent_first < 200_000,
+        "sources emitted {} rows in 5 s against a 2000 rows/s sink",
+        sent_second - sent_first
+    );
+    assert!(
+        second < 256 << 20,
+        "producer TaskManager RSS {second} bytes"
+    );
+    assert!(
+        second < first + (64 << 20),
+        "RSS grew from {first} to {second} bytes"
+    );
+    assert!(
+        detail.vertices[0].backpressure > 0.5,
+        "source backpressure {}",
+        detail.vertices[0].backpressure
+    );
     Ok(())
 }
 
@@ -248,8 +296,22 @@ async fn malformed_specs_get_400_naming_the_node() -> anyhow::Result<()> {
     let client = cluster.client();
     let source = r#"{"id": "gen", "kind": "datagen", "count": 10, "fields": [{"name": "id", "type": "int64", "gen": "sequence"}]}"#;
     let cases: Vec<(&str, String, ErrorCode, Option<&str>)> = vec![
-        ("unknown kind", format!(r#"{{"name": "x", "nodes": [{source}, {{"id": "t", "kind": "teleport", "input": "gen"}}]}}"#), ErrorCode::InvalidSpec, Some("t")),
-        ("missing input", format!(r#"{{"name": "x", "nodes": [{source}, {{"id": "p", "kind": "print", "input": "nowhere"}}]}}"#), ErrorCode::InvalidSpec, Some("p")),
+        (
+            "unknown kind",
+            format!(
+                r#"{{"name": "x", "nodes": [{source}, {{"id": "t", "kind": "teleport", "input": "gen"}}]}}"#
+            ),
+            ErrorCode::InvalidSpec,
+            Some("t"),
+        ),
+        (
+            "missing input",
+            format!(
+                r#"{{"name": "x", "nodes": [{source}, {{"id": "p", "kind": "print", "input": "nowhere"}}]}}"#
+            ),
+            ErrorCode::InvalidSpec,
+            Some("p"),
+        ),
         (
             "cycle",
             format!(
@@ -258,11 +320,40 @@ async fn malformed_specs_get_400_naming_the_node() -> anyhow::Result<()> {
             ErrorCode::InvalidSpec,
             None,
         ),
-        ("bad SQL", format!(r#"{{"name": "x", "nodes": [{source}, {{"id": "f", "kind": "filter", "input": "gen", "predicate": "id >>> 3 AND"}}]}}"#), ErrorCode::InvalidSpec, Some("f")),
-        ("unknown column", format!(r#"{{"name": "x", "nodes": [{source}, {{"id": "pr", "kind": "project", "input": "gen", "exprs": ["nope + 1 AS y"]}}]}}"#), ErrorCode::InvalidSpec, Some("pr")),
-        ("parallelism 0", format!(r#"{{"name": "x", "parallelism": 0, "nodes": [{source}]}}"#), ErrorCode::InvalidSpec, None),
-        ("parallelism over slots", format!(r#"{{"name": "x", "parallelism": 3, "nodes": [{source}]}}"#), ErrorCode::InsufficientSlots, None),
-        ("not JSON", "{\"name\": ".to_string(), ErrorCode::BadRequest, None),
+        (
+            "bad SQL",
+            format!(
+                r#"{{"name": "x", "nodes": [{source}, {{"id": "f", "kind": "filter", "input": "gen", "predicate": "id >>> 3 AND"}}]}}"#
+            ),
+            ErrorCode::InvalidSpec,
+            Some("f"),
+        ),
+        (
+            "unknown column",
+            format!(
+                r#"{{"name": "x", "nodes": [{source}, {{"id": "pr", "kind": "project", "input": "gen", "exprs": ["nope + 1 AS y"]}}]}}"#
+            ),
+            ErrorCode::InvalidSpec,
+            Some("pr"),
+        ),
+        (
+            "parallelism 0",
+            format!(r#"{{"name": "x", "parallelism": 0, "nodes": [{source}]}}"#),
+            ErrorCode::InvalidSpec,
+            None,
+        ),
+        (
+            "parallelism over slots",
+            format!(r#"{{"name": "x", "parallelism": 3, "nodes": [{source}]}}"#),
+            ErrorCode::InsufficientSlots,
+            None,
+        ),
+        (
+            "not JSON",
+            "{\"name\": ".to_string(),
+            ErrorCode::BadRequest,
+            None,
+        ),
     ];
     for (what, body, code, node) in cases {
         let err = match client.submit(&body).await {
@@ -276,7 +367,10 @@ async fn malformed_specs_get_400_naming_the_node() -> anyhow::Result<()> {
             assert_eq!(err.node.as_deref(), Some(node), "{what}: {err:?}");
         }
         if what == "cycle" {
-            assert!(matches!(err.node.as_deref(), Some("a") | Some("b")), "cycle names a node: {err:?}");
+            assert!(
+                matches!(err.node.as_deref(), Some("a") | Some("b")),
+                "cycle names a node: {err:?}"
+            );
         }
     }
     // Nothing was created by the bad requests.

@@ -1,5 +1,6 @@
 //! `eddy local` as a user runs it: a cluster of separate processes with the
 //! demo job RUNNING and records flowing; Ctrl-C leaves no process behind.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use eddy_sdk::client::Client;
 use eddy_sdk::rest::JobState;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 fn pid_alive(pid: i32) -> bool {
     // A zombie has exited; only a live process counts.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
         .unwrap_or(false)
 }
 
@@ -22,7 +23,18 @@ async fn eddy_local_demo_runs_and_ctrl_c_leaves_no_process() -> anyhow::Result<(
     eddy_tests::init_logging();
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(bin_dir().join("eddy"))
-        .args(["local", "--demo", "--rest-port", "0", "--taskmanagers", "2", "--slots", "1", "--kpu-memory", "256MiB"])
+        .args([
+            "local",
+            "--demo",
+            "--rest-port",
+            "0",
+            "--taskmanagers",
+            "2",
+            "--slots",
+            "1",
+            "--kpu-memory",
+            "256MiB",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -61,12 +73,21 @@ async fn eddy_local_demo_runs_and_ctrl_c_leaves_no_process() -> anyhow::Result<(
     loop {
         let job = client.job(&job_id).await?;
         let jobs = client.jobs().await?;
-        let listed = jobs.jobs.iter().any(|j| j.id == job_id && j.state == JobState::Running);
-        if listed && job.vertices.iter().all(|v| v.records_in > 0 || v.id == 0) && job.vertices[0].records_out > 0 {
+        let listed = jobs
+            .jobs
+            .iter()
+            .any(|j| j.id == job_id && j.state == JobState::Running);
+        if listed
+            && job.vertices.iter().all(|v| v.records_in > 0 || v.id == 0)
+            && job.vertices[0].records_out > 0
+        {
             break;
         }
         assert!(!job.state.is_terminal(), "demo job ended: {job:?}");
-        assert!(Instant::now() < deadline, "demo job not RUNNING with records flowing: {job:?}");
+        assert!(
+            Instant::now() < deadline,
+            "demo job not RUNNING with records flowing: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -85,7 +106,10 @@ async fn eddy_local_demo_runs_and_ctrl_c_leaves_no_process() -> anyhow::Result<(
     // Ctrl-C.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
     let status = child.wait()?;
-    assert!(status.success(), "eddy local exits cleanly on Ctrl-C: {status}");
+    assert!(
+        status.success(),
+        "eddy local exits cleanly on Ctrl-C: {status}"
+    );
     for pid in pids {
         assert!(!pid_alive(pid), "process {pid} left behind");
     }

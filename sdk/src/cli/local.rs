@@ -60,14 +60,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     };
     for bin in ["eddy-jobmanager", "eddy-taskmanager"] {
         if !bin_dir.join(bin).is_file() {
-            bail!("{bin} not found in {} (build the workspace, or pass --bin-dir)", bin_dir.display());
+            bail!(
+                "{bin} not found in {} (build the workspace, or pass --bin-dir)",
+                bin_dir.display()
+            );
         }
     }
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("eddy-local-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let mut procs: Vec<Proc> = Vec::new();
     let result = start_and_wait(&args, &bin_dir, &data_dir, &mut procs).await;
@@ -80,7 +84,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_and_wait(args: &LocalArgs, bin_dir: &Path, data_dir: &Path, procs: &mut Vec<Proc>) -> anyhow::Result<()> {
+async fn start_and_wait(
+    args: &LocalArgs,
+    bin_dir: &Path,
+    data_dir: &Path,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<()> {
     let jm_dir = data_dir.join("jobmanager-1");
     std::fs::create_dir_all(&jm_dir)?;
     let jm_ready = jm_dir.join("ready.json");
@@ -143,19 +152,28 @@ async fn start_and_wait(args: &LocalArgs, bin_dir: &Path, data_dir: &Path, procs
     loop {
         match client.overview().await {
             Ok(o) if o.taskmanagers >= args.taskmanagers => break,
-            _ if Instant::now() > deadline => bail!("TaskManagers did not register with the JobManager within 60s"),
+            _ if Instant::now() > deadline => {
+                bail!("TaskManagers did not register with the JobManager within 60s")
+            }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
         check_alive(procs)?;
     }
-    println!("Eddy local cluster is up: 1 JobManager, {} TaskManagers x {} slots", args.taskmanagers, args.slots);
+    println!(
+        "Eddy local cluster is up: 1 JobManager, {} TaskManagers x {} slots",
+        args.taskmanagers, args.slots
+    );
     println!("REST:     {url}");
     println!("data/logs: {}", data_dir.display());
     if args.demo {
         let out = data_dir.join("demo-out");
         let spec = DEMO_SPEC.replace("${EDDY_OUT}", path_str(&out)?);
         let submitted = client.submit(&spec).await?;
-        println!("demo job: {} (output in {})", submitted.job_id, out.display());
+        println!(
+            "demo job: {} (output in {})",
+            submitted.job_id,
+            out.display()
+        );
         println!("try:      eddy --url {url} status {}", submitted.job_id);
     }
     println!("press Ctrl-C to stop");
@@ -167,30 +185,46 @@ async fn start_and_wait(args: &LocalArgs, bin_dir: &Path, data_dir: &Path, procs
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }
 
 fn field(v: &serde_json::Value, name: &str) -> anyhow::Result<String> {
-    v.get(name).and_then(|f| f.as_str()).map(str::to_string).with_context(|| format!("ready file lacks `{name}`"))
+    v.get(name)
+        .and_then(|f| f.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("ready file lacks `{name}`"))
 }
 
 #[allow(unsafe_code)]
 fn spawn(name: &str, bin: &Path, args: &[&str], dir: &Path) -> anyhow::Result<Proc> {
     let log = dir.join("node.log");
-    let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let out =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls
     // prctl(2), which is async-signal-safe. It makes the kernel kill the child
     // when `eddy local` dies, even by SIGKILL, so no process is left behind.
     unsafe {
         cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
         });
     }
-    let child = cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
-    Ok(Proc { name: name.to_string(), child, log })
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+        log,
+    })
 }
 
 async fn wait_ready(path: &Path, proc: &mut Proc) -> anyhow::Result<serde_json::Value> {
@@ -202,10 +236,18 @@ async fn wait_ready(path: &Path, proc: &mut Proc) -> anyhow::Result<serde_json::
             return Ok(v);
         }
         if let Some(status) = proc.child.try_wait()? {
-            bail!("{} exited during startup ({status}); last log lines:\n{}", proc.name, tail(&proc.log, 20));
+            bail!(
+                "{} exited during startup ({status}); last log lines:\n{}",
+                proc.name,
+                tail(&proc.log, 20)
+            );
         }
         if Instant::now() > deadline {
-            bail!("{} did not become ready within 60s; last log lines:\n{}", proc.name, tail(&proc.log, 20));
+            bail!(
+                "{} did not become ready within 60s; last log lines:\n{}",
+                proc.name,
+                tail(&proc.log, 20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -214,7 +256,11 @@ async fn wait_ready(path: &Path, proc: &mut Proc) -> anyhow::Result<serde_json::
 fn check_alive(procs: &mut [Proc]) -> anyhow::Result<()> {
     for p in procs.iter_mut() {
         if let Some(status) = p.child.try_wait()? {
-            bail!("{} exited ({status}); last log lines:\n{}", p.name, tail(&p.log, 20));
+            bail!(
+                "{} exited ({status}); last log lines:\n{}",
+                p.name,
+                tail(&p.log, 20)
+            );
         }
     }
     Ok(())
@@ -258,7 +304,10 @@ async fn stop_all(procs: &mut [Proc]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for p in procs.iter_mut().rev() {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(remaining, p.child.wait()).await.is_err() {
+        if tokio::time::timeout(remaining, p.child.wait())
+            .await
+            .is_err()
+        {
             eprintln!("{} did not stop within 10s; killing it", p.name);
             let _ = p.child.kill().await;
         }

@@ -15,10 +15,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "eddy", version, about = "Eddy: distributed stream processing", propagate_version = true)]
+#[command(
+    name = "eddy",
+    version,
+    about = "Eddy: distributed stream processing",
+    propagate_version = true
+)]
 pub struct Cli {
     /// The JobManager's REST URL.
-    #[arg(long, global = true, env = "EDDY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "EDDY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     url: String,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
@@ -51,7 +61,11 @@ enum Command {
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -79,9 +93,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Submit { file } => {
             let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("cannot read the spec from standard input")?
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the spec from standard input")?
             } else {
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
             };
             let resp = client.submit(&text).await?;
             if cli.json {

@@ -19,9 +19,16 @@ pub fn api_error(e: &ApiError) -> String {
 }
 
 pub fn jobs(list: &JobList) -> String {
-    let mut s = format!("{:<18} {:<11} {:>4}  {:<25} {}\n", "ID", "STATE", "P", "SUBMITTED", "NAME");
+    let mut s = format!(
+        "{:<18} {:<11} {:>4}  {:<25} {}\n",
+        "ID", "STATE", "P", "SUBMITTED", "NAME"
+    );
     for j in &list.jobs {
-        let _ = writeln!(s, "{:<18} {:<11} {:>4}  {:<25} {}", j.id, j.state, j.parallelism, j.submitted_at, j.name);
+        let _ = writeln!(
+            s,
+            "{:<18} {:<11} {:>4}  {:<25} {}",
+            j.id, j.state, j.parallelism, j.submitted_at, j.name
+        );
     }
     s
 }
@@ -30,7 +37,11 @@ pub fn job(j: &JobDetail) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "job {} ({})", j.id, j.name);
     let _ = writeln!(s, "  state:       {}", j.state);
-    let _ = writeln!(s, "  parallelism: {} (max {}), attempt {}", j.parallelism, j.max_parallelism, j.attempt);
+    let _ = writeln!(
+        s,
+        "  parallelism: {} (max {}), attempt {}",
+        j.parallelism, j.max_parallelism, j.attempt
+    );
     if let Some(t) = &j.start_time {
         let _ = writeln!(s, "  started:     {t}");
     }
@@ -46,7 +57,11 @@ pub fn job(j: &JobDetail) -> String {
             let _ = writeln!(s, "    caused by: {cause}");
         }
     }
-    let _ = writeln!(s, "  {:<4} {:<40} {:>3} {:>14} {:>14} {:>6} {:>6}", "V", "NAME", "P", "RECORDS IN", "RECORDS OUT", "BACKP", "BUSY");
+    let _ = writeln!(
+        s,
+        "  {:<4} {:<40} {:>3} {:>14} {:>14} {:>6} {:>6}",
+        "V", "NAME", "P", "RECORDS IN", "RECORDS OUT", "BACKP", "BUSY"
+    );
     for v in &j.vertices {
         let _ = writeln!(
             s,
@@ -80,7 +95,10 @@ pub fn overview(o: &Overview) -> String {
 }
 
 pub fn taskmanagers(list: &TaskManagerList) -> String {
-    let mut s = format!("{:<28} {:<6} {:>5} {:>5} {:>10} {:<22}\n", "ID", "STATE", "SLOTS", "FREE", "RSS MB", "RPC");
+    let mut s = format!(
+        "{:<28} {:<6} {:>5} {:>5} {:>10} {:<22}\n",
+        "ID", "STATE", "SLOTS", "FREE", "RSS MB", "RPC"
+    );
     for t in &list.taskmanagers {
         let _ = writeln!(
             s,

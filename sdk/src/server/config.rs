@@ -12,7 +12,11 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid config in {origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -23,20 +27,31 @@ pub fn load<T: DeserializeOwned>(
     file: Option<&Path>,
     env: &HashMap<String, String>,
 ) -> Result<T, Error> {
-    let mut merged: toml::Table = defaults_toml
-        .parse()
-        .map_err(|e: toml::de::Error| Error::Invalid { origin: "built-in defaults".into(), message: e.to_string() })?;
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.display().to_string(), source })?;
-        let table: toml::Table = text
+    let mut merged: toml::Table =
+        defaults_toml
             .parse()
-            .map_err(|e: toml::de::Error| Error::Invalid { origin: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| Error::Invalid {
+                origin: "built-in defaults".into(),
+                message: e.to_string(),
+            })?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Invalid {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         merge(&mut merged, table);
     }
     apply_env(&mut merged, env)?;
     toml::Value::Table(merged)
         .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid { origin: "merged config".into(), message: e.to_string() })
+        .map_err(|e: toml::de::Error| Error::Invalid {
+            origin: "merged config".into(),
+            message: e.to_string(),
+        })
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -54,7 +69,11 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// known keys are matched, so unrelated `EDDY_` variables (like `EDDY_URL`)
 /// are ignored; values are parsed as the type of the default they replace.
 fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(), Error> {
-    fn walk(table: &mut toml::Table, prefix: &str, env: &HashMap<String, String>) -> Result<(), Error> {
+    fn walk(
+        table: &mut toml::Table,
+        prefix: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<(), Error> {
         for (key, value) in table.iter_mut() {
             let var = format!("{prefix}{}", key.to_uppercase().replace('-', "_"));
             match value {
@@ -81,7 +100,11 @@ fn parse_like(current: &toml::Value, raw: &str) -> Option<toml::Value> {
         toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
         toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
         toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_string())).collect(),
+            raw.split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
         ),
         _ => return None,
     })
@@ -106,7 +129,8 @@ mod tests {
         peers: Vec<String>,
     }
 
-    const DEFAULTS: &str = "name = \"a\"\nslots = 1\n[net]\nrpc-addr = \"127.0.0.1:0\"\npeers = []\n";
+    const DEFAULTS: &str =
+        "name = \"a\"\nslots = 1\n[net]\nrpc-addr = \"127.0.0.1:0\"\npeers = []\n";
 
     #[test]
     fn load_env_overrides_file_overrides_defaults() {
@@ -119,7 +143,17 @@ mod tests {
             ("EDDY_URL".to_string(), "ignored".to_string()),
         ]);
         let cfg: Cfg = load(DEFAULTS, Some(&file), &env).unwrap();
-        assert_eq!(cfg, Cfg { name: "a".into(), slots: 4, net: Net { rpc_addr: "0.0.0.0:1".into(), peers: vec!["a:1".into(), "b:2".into()] } });
+        assert_eq!(
+            cfg,
+            Cfg {
+                name: "a".into(),
+                slots: 4,
+                net: Net {
+                    rpc_addr: "0.0.0.0:1".into(),
+                    peers: vec!["a:1".into(), "b:2".into()]
+                }
+            }
+        );
     }
 
     #[test]

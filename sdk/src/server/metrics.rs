@@ -23,7 +23,13 @@ pub fn router(registry: Arc<Registry>) -> Router {
         get(move || {
             let registry = registry.clone();
             async move {
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], encode(&registry))
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    encode(&registry),
+                )
                     .into_response()
             }
         }),
@@ -33,7 +39,9 @@ pub fn router(registry: Arc<Registry>) -> Router {
 /// The resident set size of this process in bytes (Linux `VmRSS`), or 0
 /// where unknown.
 pub fn rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -20,7 +20,10 @@ pub fn connect(addr: &str) -> Result<Channel, AddrError> {
     } else {
         format!("http://{addr}")
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| AddrError { addr: addr.to_string(), source })?;
+    let endpoint = Endpoint::from_shared(uri).map_err(|source| AddrError {
+        addr: addr.to_string(),
+        source,
+    })?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)

@@ -28,7 +28,9 @@ impl std::str::FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"200ms\", \"1s\", \"5m\""))
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write e.g. \"200ms\", \"1s\", \"5m\"")
+            })
     }
 }
 

@@ -73,11 +73,21 @@ impl NodeKind {
         matches!(self, NodeKind::Datagen(_))
     }
     pub fn is_sink(&self) -> bool {
-        matches!(self, NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_))
+        matches!(
+            self,
+            NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_)
+        )
     }
     /// All kinds, for error messages.
-    pub const ALL: &'static [&'static str] =
-        &["datagen", "project", "filter", "window", "print", "blackhole", "file"];
+    pub const ALL: &'static [&'static str] = &[
+        "datagen",
+        "project",
+        "filter",
+        "window",
+        "print",
+        "blackhole",
+        "file",
+    ];
 }
 
 /// `datagen`: deterministic rows, bounded by `count` or unbounded.
@@ -137,7 +147,10 @@ pub enum Generator {
     /// A seeded pseudo-random value in `[min, max]` (ints) or `[min, max)` (floats).
     Random { min: f64, max: f64 },
     /// Event time: `start + r * step`.
-    Timestamp { start: DateTime<Utc>, step: HumanDuration },
+    Timestamp {
+        start: DateTime<Utc>,
+        step: HumanDuration,
+    },
 }
 
 fn one() -> i64 {
@@ -182,8 +195,13 @@ pub struct EventTimeSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WindowKind {
-    Tumbling { size: HumanDuration },
-    Sliding { size: HumanDuration, slide: HumanDuration },
+    Tumbling {
+        size: HumanDuration,
+    },
+    Sliding {
+        size: HumanDuration,
+        slide: HumanDuration,
+    },
 }
 
 /// One aggregate output column.
@@ -250,10 +268,13 @@ impl JobSpec {
     }
     /// Nodes reading from `id`, in spec order.
     pub fn consumers<'a>(&'a self, id: &'a NodeId) -> impl Iterator<Item = &'a NodeSpec> + 'a {
-        self.nodes.iter().filter(move |n| n.input.as_ref() == Some(id))
+        self.nodes
+            .iter()
+            .filter(move |n| n.input.as_ref() == Some(id))
     }
     /// As JSON (the form stored in Raft and sent to TaskManagers).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a JobSpec always serializes: it holds only strings, numbers and maps")
+        serde_json::to_string(self)
+            .expect("a JobSpec always serializes: it holds only strings, numbers and maps")
     }
 }

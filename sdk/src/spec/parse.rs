@@ -17,10 +17,17 @@ pub fn parse_yaml_or_json(text: &str) -> Result<JobSpec, ApiError> {
         Err(json_err) => {
             let trimmed = text.trim_start();
             if trimmed.starts_with('{') {
-                return Err(ApiError::new(ErrorCode::BadRequest, format!("spec is not valid JSON: {json_err}")));
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("spec is not valid JSON: {json_err}"),
+                ));
             }
-            serde_yaml::from_str(text)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("spec is not valid YAML: {e}")))?
+            serde_yaml::from_str(text).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("spec is not valid YAML: {e}"),
+                )
+            })?
         }
     };
     from_value(value)
@@ -28,8 +35,12 @@ pub fn parse_yaml_or_json(text: &str) -> Result<JobSpec, ApiError> {
 
 /// Parses a spec from JSON text.
 pub fn parse_json(text: &str) -> Result<JobSpec, ApiError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("spec is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("spec is not valid JSON: {e}"),
+        )
+    })?;
     from_value(value)
 }
 
@@ -40,7 +51,9 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 /// Decodes a spec from a JSON value.
 pub fn from_value(value: Value) -> Result<JobSpec, ApiError> {
     let Value::Object(mut obj) = value else {
-        return Err(invalid("a job spec must be a mapping with `name` and `nodes`"));
+        return Err(invalid(
+            "a job spec must be a mapping with `name` and `nodes`",
+        ));
     };
     let name = match obj.remove("name") {
         Some(Value::String(s)) if !s.trim().is_empty() => s,
@@ -61,21 +74,38 @@ pub fn from_value(value: Value) -> Result<JobSpec, ApiError> {
         ))
         .with_field(field.clone()));
     }
-    let nodes = nodes.into_iter().enumerate().map(|(i, n)| parse_node(i, n)).collect::<Result<Vec<_>, _>>()?;
-    Ok(JobSpec { name, parallelism, max_parallelism, nodes })
+    let nodes = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| parse_node(i, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(JobSpec {
+        name,
+        parallelism,
+        max_parallelism,
+        nodes,
+    })
 }
 
-fn take_u32(obj: &mut Map<String, Value>, field: &str, node: Option<&str>) -> Result<Option<u32>, ApiError> {
+fn take_u32(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    node: Option<&str>,
+) -> Result<Option<u32>, ApiError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
-            let n = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-                let e = invalid(format!("`{field}` must be a non-negative integer, got {v}")).with_field(field);
-                match node {
-                    Some(node) => e.with_node(node),
-                    None => e,
-                }
-            })?;
+            let n = v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    let e = invalid(format!("`{field}` must be a non-negative integer, got {v}"))
+                        .with_field(field);
+                    match node {
+                        Some(node) => e.with_node(node),
+                        None => e,
+                    }
+                })?;
             Ok(Some(n))
         }
     }
@@ -83,13 +113,16 @@ fn take_u32(obj: &mut Map<String, Value>, field: &str, node: Option<&str>) -> Re
 
 fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
     let Value::Object(mut obj) = value else {
-        return Err(invalid(format!("node #{position} must be a mapping")).with_field(format!("nodes[{position}]")));
+        return Err(invalid(format!("node #{position} must be a mapping"))
+            .with_field(format!("nodes[{position}]")));
     };
     let id = match obj.remove("id") {
         Some(Value::String(s)) if !s.trim().is_empty() => s,
         _ => {
-            return Err(invalid(format!("node #{position} needs a non-empty string `id`"))
-                .with_field(format!("nodes[{position}].id")));
+            return Err(
+                invalid(format!("node #{position} needs a non-empty string `id`"))
+                    .with_field(format!("nodes[{position}].id")),
+            );
         }
     };
     let input = match obj.remove("input") {
@@ -105,18 +138,26 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
     let kind_name = match obj.get("kind") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            return Err(invalid(format!("`kind` must be a string, got {other}")).with_node(&id).with_field("kind"));
-        }
-        None => {
-            return Err(invalid(format!("missing field `kind` (one of {})", NodeKind::ALL.join(", ")))
+            return Err(invalid(format!("`kind` must be a string, got {other}"))
                 .with_node(&id)
                 .with_field("kind"));
         }
-    };
-    if !NodeKind::ALL.contains(&kind_name.as_str()) {
-        return Err(invalid(format!("unknown node kind `{kind_name}`; known kinds: {}", NodeKind::ALL.join(", ")))
+        None => {
+            return Err(invalid(format!(
+                "missing field `kind` (one of {})",
+                NodeKind::ALL.join(", ")
+            ))
             .with_node(&id)
             .with_field("kind"));
+        }
+    };
+    if !NodeKind::ALL.contains(&kind_name.as_str()) {
+        return Err(invalid(format!(
+            "unknown node kind `{kind_name}`; known kinds: {}",
+            NodeKind::ALL.join(", ")
+        ))
+        .with_node(&id)
+        .with_field("kind"));
     }
     let kind: NodeKind = serde_json::from_value(Value::Object(obj)).map_err(|e| {
         let msg = e.to_string();
@@ -125,7 +166,12 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
         err.field = field;
         err
     })?;
-    Ok(NodeSpec { id: NodeId(id), input, parallelism, kind })
+    Ok(NodeSpec {
+        id: NodeId(id),
+        input,
+        parallelism,
+        kind,
+    })
 }
 
 /// serde names the offending field in backticks (`unknown field `x``, `missing
@@ -179,7 +225,10 @@ nodes:
 
     #[test]
     fn parse_unknown_field_names_it() {
-        let err = parse_yaml_or_json("name: x\nnodes:\n  - {id: f, kind: filter, input: a, predicat: x}\n").unwrap_err();
+        let err = parse_yaml_or_json(
+            "name: x\nnodes:\n  - {id: f, kind: filter, input: a, predicat: x}\n",
+        )
+        .unwrap_err();
         assert_eq!(err.node.as_deref(), Some("f"));
         assert_eq!(err.field.as_deref(), Some("predicat"));
     }
@@ -196,7 +245,13 @@ nodes:
 
     #[test]
     fn parse_garbage_is_bad_request() {
-        assert_eq!(parse_yaml_or_json("{not json").unwrap_err().code, ErrorCode::BadRequest);
-        assert_eq!(parse_yaml_or_json("- just\n- a list").unwrap_err().code, ErrorCode::InvalidSpec);
+        assert_eq!(
+            parse_yaml_or_json("{not json").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_yaml_or_json("- just\n- a list").unwrap_err().code,
+            ErrorCode::InvalidSpec
+        );
     }
 }

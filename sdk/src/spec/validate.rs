@@ -7,22 +7,33 @@ use crate::error::{ApiError, ErrorCode};
 use std::collections::{HashMap, HashSet};
 
 fn invalid(node: &str, field: &str, msg: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidSpec, msg).with_node(node).with_field(field)
+    ApiError::new(ErrorCode::InvalidSpec, msg)
+        .with_node(node)
+        .with_field(field)
 }
 
 /// Checks the shape of the graph. `total_slots` (when known) bounds parallelism.
 pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<(), ApiError> {
     if spec.parallelism == 0 {
-        return Err(ApiError::new(ErrorCode::InvalidSpec, "parallelism must be at least 1").with_field("parallelism"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidSpec, "parallelism must be at least 1")
+                .with_field("parallelism"),
+        );
     }
     if spec.max_parallelism == 0 || spec.max_parallelism > 32768 {
-        return Err(ApiError::new(ErrorCode::InvalidSpec, "max_parallelism must be in 1..=32768")
-            .with_field("max_parallelism"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidSpec,
+            "max_parallelism must be in 1..=32768",
+        )
+        .with_field("max_parallelism"));
     }
     if spec.parallelism > spec.max_parallelism {
         return Err(ApiError::new(
             ErrorCode::InvalidSpec,
-            format!("parallelism {} exceeds max_parallelism {}", spec.parallelism, spec.max_parallelism),
+            format!(
+                "parallelism {} exceeds max_parallelism {}",
+                spec.parallelism, spec.max_parallelism
+            ),
         )
         .with_field("parallelism"));
     }
@@ -31,12 +42,18 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
     {
         return Err(ApiError::new(
             ErrorCode::InsufficientSlots,
-            format!("parallelism {} needs {} slots but the cluster has {slots}", spec.parallelism, spec.parallelism),
+            format!(
+                "parallelism {} needs {} slots but the cluster has {slots}",
+                spec.parallelism, spec.parallelism
+            ),
         )
         .with_field("parallelism"));
     }
     if spec.nodes.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidSpec, "a job needs at least one node").with_field("nodes"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidSpec, "a job needs at least one node")
+                .with_field("nodes"),
+        );
     }
     let mut seen = HashSet::new();
     for node in &spec.nodes {
@@ -44,8 +61,15 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
         if !seen.insert(id) {
             return Err(invalid(id, "id", format!("duplicate node id `{id}`")));
         }
-        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(invalid(id, "id", "node ids may contain only letters, digits, `_` and `-`"));
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                id,
+                "id",
+                "node ids may contain only letters, digits, `_` and `-`",
+            ));
         }
         if let Some(p) = node.parallelism {
             if p == 0 {
@@ -55,38 +79,78 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
                 return Err(invalid(
                     id,
                     "parallelism",
-                    format!("node parallelism {p} exceeds the job's parallelism {}", spec.parallelism),
+                    format!(
+                        "node parallelism {p} exceeds the job's parallelism {}",
+                        spec.parallelism
+                    ),
                 ));
             }
         }
     }
-    let ids: HashMap<&str, usize> = spec.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     for node in &spec.nodes {
         let id = node.id.as_str();
         match (&node.input, node.kind.is_source()) {
-            (Some(_), true) => return Err(invalid(id, "input", format!("a {} source takes no input", node.kind.name()))),
+            (Some(_), true) => {
+                return Err(invalid(
+                    id,
+                    "input",
+                    format!("a {} source takes no input", node.kind.name()),
+                ));
+            }
             (None, false) => {
-                return Err(invalid(id, "input", format!("missing field `input`: a {} node reads from another node", node.kind.name())));
+                return Err(invalid(
+                    id,
+                    "input",
+                    format!(
+                        "missing field `input`: a {} node reads from another node",
+                        node.kind.name()
+                    ),
+                ));
             }
             (Some(input), false) if !ids.contains_key(input.as_str()) => {
-                return Err(invalid(id, "input", format!("input `{input}` is not a node of this job")));
+                return Err(invalid(
+                    id,
+                    "input",
+                    format!("input `{input}` is not a node of this job"),
+                ));
             }
             (Some(input), false) if spec.node(input).is_some_and(|n| n.kind.is_sink()) => {
-                return Err(invalid(id, "input", format!("input `{input}` is a sink and has no output")));
+                return Err(invalid(
+                    id,
+                    "input",
+                    format!("input `{input}` is a sink and has no output"),
+                ));
             }
             _ => {}
         }
         if let NodeKind::Blackhole(b) = &node.kind
-            && b.rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            && b.rows_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
         {
-            return Err(invalid(id, "rows_per_second", "rows_per_second must be a positive number"));
+            return Err(invalid(
+                id,
+                "rows_per_second",
+                "rows_per_second must be a positive number",
+            ));
         }
         if let NodeKind::Datagen(d) = &node.kind {
             if d.fields.is_empty() {
                 return Err(invalid(id, "fields", "datagen needs at least one field"));
             }
-            if d.rows_per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-                return Err(invalid(id, "rows_per_second", "rows_per_second must be a positive number"));
+            if d.rows_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            {
+                return Err(invalid(
+                    id,
+                    "rows_per_second",
+                    "rows_per_second must be a positive number",
+                ));
             }
             if d.batch_size == Some(0) {
                 return Err(invalid(id, "batch_size", "batch_size must be at least 1"));
@@ -100,7 +164,11 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
         let mut steps = 0;
         while let Some(input) = cur {
             if input == &node.id {
-                return Err(invalid(node.id.as_str(), "input", format!("node `{}` is part of a cycle", node.id)));
+                return Err(invalid(
+                    node.id.as_str(),
+                    "input",
+                    format!("node `{}` is part of a cycle", node.id),
+                ));
             }
             steps += 1;
             if steps > spec.nodes.len() {
@@ -110,7 +178,10 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
         }
     }
     if !spec.nodes.iter().any(|n| n.kind.is_source()) {
-        return Err(ApiError::new(ErrorCode::InvalidSpec, "a job needs at least one source").with_field("nodes"));
+        return Err(
+            ApiError::new(ErrorCode::InvalidSpec, "a job needs at least one source")
+                .with_field("nodes"),
+        );
     }
     Ok(())
 }
@@ -123,13 +194,23 @@ mod tests {
     fn check(yaml: &str) -> Result<(), ApiError> {
         validate_structure(&parse_yaml_or_json(yaml)?, Some(4))
     }
-    const GEN: &str = "  - {id: g, kind: datagen, count: 10, fields: [{name: id, type: int64, gen: sequence}]}\n";
+    const GEN: &str =
+        "  - {id: g, kind: datagen, count: 10, fields: [{name: id, type: int64, gen: sequence}]}\n";
 
     #[test]
     fn validate_missing_input_names_node() {
-        let e = check(&format!("name: x\nnodes:\n{GEN}  - {{id: s, kind: print, input: nope}}\n")).unwrap_err();
-        assert_eq!((e.node.as_deref(), e.field.as_deref()), (Some("s"), Some("input")));
-        let e = check(&format!("name: x\nnodes:\n{GEN}  - {{id: s, kind: print}}\n")).unwrap_err();
+        let e = check(&format!(
+            "name: x\nnodes:\n{GEN}  - {{id: s, kind: print, input: nope}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.node.as_deref(), e.field.as_deref()),
+            (Some("s"), Some("input"))
+        );
+        let e = check(&format!(
+            "name: x\nnodes:\n{GEN}  - {{id: s, kind: print}}\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.node.as_deref(), Some("s"));
     }
 
@@ -146,7 +227,10 @@ mod tests {
     #[test]
     fn validate_parallelism_zero_and_over_slots() {
         let e = check(&format!("name: x\nparallelism: 0\nnodes:\n{GEN}")).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidSpec, Some("parallelism")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidSpec, Some("parallelism"))
+        );
         let e = check(&format!("name: x\nparallelism: 5\nnodes:\n{GEN}")).unwrap_err();
         assert_eq!(e.code, ErrorCode::InsufficientSlots);
     }

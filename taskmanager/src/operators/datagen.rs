@@ -6,7 +6,7 @@
 //! - `sequence`: `start + r * step` (utf8 renders the number);
 //! - `random`: SplitMix64 at position `r` of a stream seeded by `(seed,
 //!   field index)`, mapped to `[min, max]` for ints and `[min, max)` for floats;
-//! - `timestamp`: `start + r * step` in ms.
+//! - `timestamp`: `start + r * step`, truncated to ms (the step may be finer).
 //!
 //! `rows_per_second` is the total rate: each subtask paces at `rate / p` with a
 //! token bucket and emits batches small enough that one leaves at least every
@@ -60,9 +60,12 @@ enum Column {
         min: f64,
         max: f64,
     },
+    /// Milliseconds `start + floor(r * step_ns / 1e6)`: the step keeps
+    /// sub-millisecond precision, so `step: 10us` advances event time by 1 ms
+    /// every 100 rows.
     Timestamp {
         start: i64,
-        step: i64,
+        step_ns: i128,
     },
 }
 
@@ -165,10 +168,11 @@ impl Datagen {
                             }
                         })))
                     }
-                    Column::Timestamp { start, step } => {
-                        Arc::new(TimestampMillisecondArray::from_iter_values(
-                            rows().map(|r| linear(start, step, r)),
-                        ))
+                    Column::Timestamp { start, step_ns } => {
+                        Arc::new(TimestampMillisecondArray::from_iter_values(rows().map(|r| {
+                            let offset_ms = (i128::from(r) * step_ns).div_euclid(1_000_000);
+                            start.wrapping_add(offset_ms as i64)
+                        })))
                     }
                 }
             })
@@ -280,7 +284,7 @@ fn column(seed: u64, index: usize, data_type: FieldType, generator: &Generator) 
         }
         (Generator::Timestamp { start, step }, _) => Column::Timestamp {
             start: start.timestamp_millis(),
-            step: step.as_millis_i64(),
+            step_ns: i128::try_from(step.0.as_nanos()).unwrap_or(i128::MAX),
         },
     }
 }

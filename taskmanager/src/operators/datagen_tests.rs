@@ -184,3 +184,29 @@ fn pacing_high_rate_uses_full_batches() {
         "1808 tokens left are not a batch"
     );
 }
+
+/// A sub-millisecond step keeps its precision: `step: 10us` advances event time
+/// by one millisecond every 100 rows, at any parallelism.
+#[test]
+fn datagen_sub_millisecond_step_advances_event_time_every_100_rows() {
+    let spec = parse_yaml_or_json(
+        "name: g\nparallelism: 2\nnodes:\n  - {id: gen, kind: datagen, count: 1000, fields: [{name: id, type: int64, gen: sequence}, {name: ts, type: timestamp_ms, gen: timestamp, start: \"2026-01-01T00:00:00Z\", step: 10us}]}\n  - {id: out, kind: blackhole, input: gen}\n",
+    )
+    .unwrap();
+    let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().timestamp_millis();
+    let mut seen = Vec::new();
+    for subtask in 0..2 {
+        for b in drain_source(&mut source(&spec, subtask, 2)) {
+            let id = b.column(0).as_primitive::<Int64Type>();
+            let ts = b.column(1).as_primitive::<TimestampMillisecondType>();
+            for i in 0..b.num_rows() {
+                seen.push((id.value(i), ts.value(i) - base));
+            }
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 1000);
+    for (id, offset) in seen {
+        assert_eq!(offset, id / 100, "row {id}");
+    }
+}

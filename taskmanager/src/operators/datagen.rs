@@ -168,12 +168,12 @@ impl Datagen {
                             }
                         })))
                     }
-                    Column::Timestamp { start, step_ns } => {
-                        Arc::new(TimestampMillisecondArray::from_iter_values(rows().map(|r| {
+                    Column::Timestamp { start, step_ns } => Arc::new(
+                        TimestampMillisecondArray::from_iter_values(rows().map(|r| {
                             let offset_ms = (i128::from(r) * step_ns).div_euclid(1_000_000);
                             start.wrapping_add(offset_ms as i64)
-                        })))
-                    }
+                        })),
+                    ),
                 }
             })
             .collect();

@@ -193,7 +193,9 @@ fn datagen_sub_millisecond_step_advances_event_time_every_100_rows() {
         "name: g\nparallelism: 2\nnodes:\n  - {id: gen, kind: datagen, count: 1000, fields: [{name: id, type: int64, gen: sequence}, {name: ts, type: timestamp_ms, gen: timestamp, start: \"2026-01-01T00:00:00Z\", step: 10us}]}\n  - {id: out, kind: blackhole, input: gen}\n",
     )
     .unwrap();
-    let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().timestamp_millis();
+    let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
     let mut seen = Vec::new();
     for subtask in 0..2 {
         for b in drain_source(&mut source(&spec, subtask, 2)) {

@@ -377,3 +377,73 @@ async fn malformed_specs_get_400_naming_the_node() -> anyhow::Result<()> {
     assert!(client.jobs().await?.jobs.is_empty());
     Ok(())
 }
+
+/// A running job survives a JobManager SIGKILL and restart: the TaskManagers
+/// keep processing, re-register with their running tasks, and the job stays
+/// RUNNING on its first attempt with records still flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobmanager_restart_keeps_running_tasks_running() -> anyhow::Result<()> {
+    let mut cluster = Cluster::builder().taskmanagers(2).slots(1).start().await?;
+    let spec = r#"{"name": "endless", "parallelism": 2, "nodes": [
+        {"id": "gen", "kind": "datagen", "rows_per_second": 20000,
+         "fields": [{"name": "id", "type": "int64", "gen": "sequence"}]},
+        {"id": "out", "kind": "blackhole", "input": "gen", "parallelism": 1}]}"#;
+    let job = cluster.client().submit(spec).await?;
+    cluster
+        .wait_for_job_state(&job.job_id, JobState::Running, LONG)
+        .await?;
+    let before = cluster.client().job(&job.job_id).await?;
+
+    info!("--- SIGKILL and restart the JobManager while the job runs");
+    cluster.jm.kill9()?;
+    cluster.jm.restart()?;
+    cluster.wait_for_taskmanagers(2).await?;
+    let client = cluster.client();
+    let job_id = job.job_id.clone();
+    let sink_in = |d: &eddy_sdk::rest::JobDetail| d.vertices[1].records_in;
+    info!("--- the new JobManager hears of the running tasks, and their counts keep growing");
+    let deadline = std::time::Instant::now() + LONG;
+    let mut first_seen = None;
+    loop {
+        let d = client.job(&job_id).await?;
+        assert!(
+            !d.state.is_terminal(),
+            "job ended after the JobManager restart: {d:?}"
+        );
+        let n = sink_in(&d);
+        match first_seen {
+            None if n > 0 => first_seen = Some(n),
+            Some(first) if n > first => break,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records stopped after the restart\n{}",
+            cluster.log_tails(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        before.vertices[0].records_out <= client.job(&job.job_id).await?.vertices[0].records_out
+    );
+    let after = client.job(&job.job_id).await?;
+    assert_eq!(after.attempt, 0, "no redeploy");
+    for v in &after.vertices {
+        for s in &v.subtasks {
+            assert_eq!(s.attempt, 0, "subtask {}/{} was restarted", v.id, s.index);
+            assert_eq!(s.state, eddy_sdk::rest::TaskState::Running);
+        }
+    }
+    // The TaskManagers never restarted a task: each logged one deployment.
+    for tm in &cluster.tms {
+        let deploys = tm.log().matches("deployed subtasks").count();
+        assert_eq!(
+            deploys,
+            1,
+            "{} deployed {deploys} times:\n{}",
+            tm.name,
+            tm.log_tail(40)
+        );
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! transition, stale attempt) is refused with a [`Rejection`] and changes
 //! nothing: the log may contain it, but every replica refuses it alike.
 
-use super::{ClusterState, Failure, JobRecord, Placement};
+use super::{ClusterState, Failure, FinalTask, JobRecord, Placement};
 use eddy_sdk::ids::{Attempt, JobId};
 use eddy_sdk::rest::JobState;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,9 @@ pub enum Command {
         time_ms: i64,
         message: Option<String>,
         failure: Option<Failure>,
+        /// With a terminal state: the subtasks' last statuses, kept in the record.
+        #[serde(default)]
+        final_tasks: Vec<FinalTask>,
     },
     /// A user asked to cancel the job.
     CancelJob { id: JobId, time_ms: i64 },
@@ -135,6 +138,7 @@ impl ClusterState {
                         status_message: None,
                         failure: None,
                         placements: Vec::new(),
+                        final_tasks: Vec::new(),
                     },
                 );
                 Response::Applied
@@ -159,6 +163,7 @@ impl ClusterState {
                 time_ms,
                 message,
                 failure,
+                final_tasks,
             } => {
                 let job = match self.live_job(id) {
                     Ok(job) => job,
@@ -194,6 +199,7 @@ impl ClusterState {
                 }
                 if state.is_terminal() {
                     job.end_time_ms = Some(*time_ms);
+                    job.final_tasks = final_tasks.clone();
                 }
                 if failure.is_some() {
                     job.failure = failure.clone();
@@ -340,6 +346,7 @@ mod tests {
             time_ms,
             message: None,
             failure: None,
+            final_tasks: Vec::new(),
         }
     }
 
@@ -483,6 +490,7 @@ mod tests {
             time_ms: 1,
             message: None,
             failure: None,
+            final_tasks: Vec::new(),
         };
         assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Stale));
         assert_eq!(s.job(&"j".into()).unwrap().state, JobState::Running);
@@ -518,9 +526,21 @@ mod tests {
             time_ms: 9,
             message: None,
             failure: Some(failure.clone()),
+            final_tasks: vec![FinalTask {
+                vertex: VertexId(0),
+                index: SubtaskIndex(0),
+                state: eddy_sdk::rest::TaskState::Failed,
+                metrics: eddy_sdk::rest::SubtaskMetricsInfo {
+                    records_out: 42,
+                    ..Default::default()
+                },
+            }],
         };
         assert_eq!(s.apply(&cmd), Response::Applied);
-        assert_eq!(s.job(&"j".into()).unwrap().failure, Some(failure));
+        let job = s.job(&"j".into()).unwrap();
+        assert_eq!(job.failure, Some(failure));
+        assert_eq!(job.final_tasks.len(), 1, "the final statuses are kept");
+        assert_eq!(job.final_tasks[0].metrics.records_out, 42);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use apply::{Command, Rejection, RejectionKind, Response};
 
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
-use eddy_sdk::rest::JobState;
+use eddy_sdk::rest::{JobState, SubtaskMetricsInfo, TaskState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -59,6 +59,19 @@ pub struct JobRecord {
     pub failure: Option<Failure>,
     /// Placements of the current attempt (empty until scheduled).
     pub placements: Vec<Placement>,
+    /// The last status of every subtask, recorded when the job ended, so its
+    /// final figures outlive the TaskManagers' reports and a restart.
+    #[serde(default)]
+    pub final_tasks: Vec<FinalTask>,
+}
+
+/// One subtask's last reported state and metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalTask {
+    pub vertex: VertexId,
+    pub index: SubtaskIndex,
+    pub state: TaskState,
+    pub metrics: SubtaskMetricsInfo,
 }
 
 impl JobRecord {

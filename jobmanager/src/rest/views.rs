@@ -139,6 +139,13 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
                             let status = placement
                                 .and_then(|p| registry.task(&p.tm_id, &key))
                                 .filter(|s| s.attempt == job.attempt);
+                            // Once the job has ended, its recorded final
+                            // statuses stand in for reports the TaskManagers
+                            // have since dropped.
+                            let last = job
+                                .final_tasks
+                                .iter()
+                                .find(|t| t.vertex == v.id && t.index == SubtaskIndex(i));
                             SubtaskInfo {
                                 index: i,
                                 attempt: job.attempt.0,
@@ -146,13 +153,16 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
                                     .map(|p| p.tm_id.to_string())
                                     .unwrap_or_default(),
                                 slot: placement.map_or(0, |p| p.slot.0),
-                                state: status.map_or_else(
-                                    || assumed_state(job.state, placement.is_some()),
-                                    |s| s.state,
-                                ),
-                                metrics: status
-                                    .map(|s| s.metrics.clone())
-                                    .unwrap_or_else(SubtaskMetricsInfo::default),
+                                state: match (status, last) {
+                                    (Some(s), _) => s.state,
+                                    (None, Some(t)) => t.state,
+                                    (None, None) => assumed_state(job.state, placement.is_some()),
+                                },
+                                metrics: match (status, last) {
+                                    (Some(s), _) => s.metrics.clone(),
+                                    (None, Some(t)) => t.metrics.clone(),
+                                    (None, None) => SubtaskMetricsInfo::default(),
+                                },
                             }
                         })
                         .collect();

@@ -15,7 +15,7 @@
 mod states;
 
 use super::taskmanager_calls::cancel_job;
-use crate::cluster_state::{Command, Failure, JobRecord, Placement};
+use crate::cluster_state::{Command, Failure, FinalTask, JobRecord, Placement};
 use crate::context::{Context, now_ms};
 use crate::scheduler::Capacity;
 use crate::taskmanagers::{Registry, TaskKey, TaskStatus};
@@ -291,6 +291,23 @@ impl Driver {
         })
     }
 
+    /// The last reported status of every subtask of the job's current
+    /// attempt, to keep in its record when it ends.
+    fn final_tasks(&self, job: &JobRecord) -> Vec<FinalTask> {
+        self.presence(job)
+            .into_iter()
+            .filter_map(|(p, presence)| match presence {
+                Presence::Reported(s) => Some(FinalTask {
+                    vertex: p.vertex,
+                    index: p.index,
+                    state: s.state,
+                    metrics: s.metrics,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The rpc addresses of the job's live TaskManagers.
     fn alive_addresses(&self, job: &JobRecord) -> Vec<(TaskManagerId, String)> {
         let tms = job.taskmanagers();
@@ -312,6 +329,7 @@ impl Driver {
             time_ms: failure.time_ms,
             message: None,
             failure: Some(failure),
+            final_tasks: self.final_tasks(job),
         };
         match self.ctx.write(cmd).await {
             Ok(()) => {

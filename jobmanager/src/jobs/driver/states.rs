@@ -103,6 +103,7 @@ impl Driver {
                     time_ms: now_ms(),
                     message: None,
                     failure: None,
+                    final_tasks: Vec::new(),
                 };
                 match self.ctx.write(cmd).await {
                     Ok(()) => info!(job_id = %job.id, attempt = attempt.0, "job running"),
@@ -152,6 +153,7 @@ impl Driver {
                 time_ms: now_ms(),
                 message: None,
                 failure: None,
+                final_tasks: Vec::new(),
             };
             match self.ctx.write(cmd).await {
                 Ok(()) => {
@@ -204,6 +206,7 @@ impl Driver {
                 time_ms: now_ms(),
                 message: None,
                 failure: None,
+                final_tasks: self.final_tasks(job),
             };
             match self.ctx.write(cmd).await {
                 Ok(()) => info!(job_id = %job.id, "job finished"),
@@ -292,6 +295,7 @@ impl Driver {
             time_ms: now_ms(),
             message: None,
             failure: None,
+            final_tasks: self.final_tasks(job),
         };
         match self.ctx.write(cmd).await {
             Ok(()) => info!(job_id = %job.id, "job canceled"),

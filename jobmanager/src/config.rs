@@ -27,13 +27,7 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use eddy_sdk::server::telemetry::LogFormat;
 
 /// Configuration of one JobManager process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

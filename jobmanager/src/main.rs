@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use eddy_jobmanager::config::{Config, LogFormat, Overrides};
+use eddy_jobmanager::config::{Config, Overrides};
 use eddy_sdk::spec::HumanDuration;
 use std::path::PathBuf;
 
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(cli.config.as_deref(), &env, overrides)
         .context("cannot load the configuration")?;
-    eddy_sdk::server::telemetry::init("eddy-jobmanager", config.log_format == LogFormat::Json);
+    eddy_sdk::server::telemetry::init("eddy-jobmanager", config.log_format);
     // Nothing in the config is secret today; log it whole.
     tracing::info!(config = ?config, "effective configuration");
     eddy_jobmanager::run(config, cli.ready_file, eddy_sdk::server::shutdown::signal())

@@ -70,12 +70,7 @@ pub struct ExchangeConfig {
     pub channel_credits: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use eddy_sdk::server::telemetry::LogFormat;
 
 /// Command-line overrides (the last layer); `None` keeps the layered value.
 #[derive(Clone, Debug, Default)]

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use eddy_sdk::bytesize::ByteSize;
-use eddy_taskmanager::config::{Config, LogFormat, Overrides};
+use eddy_taskmanager::config::{Config, Overrides};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -19,20 +19,28 @@ struct Flags {
     /// A JobManager gRPC address (repeatable).
     #[arg(long = "jobmanager", value_name = "ADDR")]
     jobmanagers: Vec<String>,
+    /// gRPC address to bind (control + exchange); port 0 picks a free port.
     #[arg(long)]
     rpc_addr: Option<String>,
+    /// Address to serve Prometheus /metrics on; port 0 picks a free port.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Number of slots (KPUs) to offer.
     #[arg(long)]
     slots: Option<u32>,
+    /// Memory of one KPU (e.g. 4GiB).
     #[arg(long)]
     kpu_memory: Option<ByteSize>,
+    /// CPU of one KPU in thousandths of a core (1000 = 1 vCPU).
     #[arg(long)]
     kpu_vcpu_millis: Option<u32>,
+    /// Local disk of one KPU (e.g. 50GiB).
     #[arg(long)]
     kpu_disk: Option<ByteSize>,
+    /// Local working directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Stable id of this TaskManager (generated when absent).
     #[arg(long)]
     id: Option<String>,
     /// Written as JSON once the ports are bound.
@@ -55,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         id: flags.id,
     };
     let config = Config::load(flags.config.as_deref(), &env, overrides)?;
-    eddy_sdk::server::telemetry::init("eddy-taskmanager", config.log_format == LogFormat::Json);
+    eddy_sdk::server::telemetry::init("eddy-taskmanager", config.log_format);
     tracing::info!(config = ?config, "effective configuration");
     // The control plane is light: slots run on their own threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()

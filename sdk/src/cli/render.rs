@@ -27,7 +27,11 @@ pub fn jobs(list: &JobList) -> String {
         let _ = writeln!(
             s,
             "{:<18} {:<11} {:>4}  {:<25} {}",
-            j.id, j.state.as_str(), j.parallelism, j.submitted_at, j.name
+            j.id,
+            j.state.as_str(),
+            j.parallelism,
+            j.submitted_at,
+            j.name
         );
     }
     s

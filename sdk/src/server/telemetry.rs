@@ -1,11 +1,24 @@
 //! Structured logging with `tracing`: `RUST_LOG` filters (default `info`, openraft at `warn`),
 //! human or JSON lines on stderr.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `json` selects one JSON object per line.
-/// Safe to call more than once (later calls are ignored).
-pub fn init(service: &str, json: bool) {
+/// Log line format, the `log-format` key of every process's config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls
+/// are ignored).
+pub fn init(service: &str, format: LogFormat) {
+    let json = format == LogFormat::Json;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()

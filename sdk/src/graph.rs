@@ -6,7 +6,13 @@
 //!
 //! Chaining rule: a node joins its input's vertex when the input has exactly
 //! one consumer, both run at the same parallelism, and the node does not
-//! repartition (a `window` hashes its keys, so it starts a new vertex).
+//! repartition (a `window` hashes its keys and a `top_n` its partition
+//! columns, so each starts a new vertex).
+//!
+//! Watermark assigners go only at the end of the vertex feeding a `window`.
+//! A `top_n` consumes the watermarks its input forwards (a window forwards its
+//! input's after firing), so it must have a window upstream and gets no
+//! assigner of its own.
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{NodeId, VertexId};
@@ -107,7 +113,7 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
     let order = topological_order(spec)?;
     for node in order {
         let parallelism = spec.node_parallelism(node);
-        let repartitions = matches!(node.kind, NodeKind::Window(_));
+        let repartitions = matches!(node.kind, NodeKind::Window(_) | NodeKind::TopN(_));
         let input = node.input.as_ref().and_then(|i| spec.node(i));
         let chain_into = input.and_then(|input| {
             let single_consumer = spec.consumers(&input.id).count() == 1;
@@ -133,6 +139,9 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
                     let partitioning = match &node.kind {
                         NodeKind::Window(w) => Partitioning::Hash {
                             key_columns: w.key_by.clone(),
+                        },
+                        NodeKind::TopN(t) => Partitioning::Hash {
+                            key_columns: t.partition_by.clone(),
                         },
                         _ if spec.node_parallelism(input) == parallelism => Partitioning::Forward,
                         _ => Partitioning::Rebalance,
@@ -181,11 +190,33 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
             _ => v.watermark = Some(assigner),
         }
     }
+    for node in &spec.nodes {
+        if matches!(node.kind, NodeKind::TopN(_)) && !has_window_upstream(spec, node) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSpec,
+                "a top_n node is driven by event time: it must read (directly or through other nodes) from a window, whose watermarks complete its groups",
+            )
+            .with_node(node.id.as_str())
+            .with_field("input"));
+        }
+    }
     Ok(JobGraph {
         vertices,
         edges,
         max_parallelism: spec.max_parallelism,
     })
+}
+
+/// Whether a window is among `node`'s ancestors (the spec is acyclic here).
+fn has_window_upstream(spec: &JobSpec, node: &crate::spec::NodeSpec) -> bool {
+    let mut current = node.input.as_ref().and_then(|i| spec.node(i));
+    while let Some(n) = current {
+        if matches!(n.kind, NodeKind::Window(_)) {
+            return true;
+        }
+        current = n.input.as_ref().and_then(|i| spec.node(i));
+    }
+    false
 }
 
 fn topological_order(spec: &JobSpec) -> Result<Vec<&crate::spec::NodeSpec>, ApiError> {
@@ -264,6 +295,51 @@ nodes:
             }]
         );
         assert_eq!(g.slots_needed(), 2);
+    }
+
+    const TOP_BIDS: &str = r#"
+name: q5
+parallelism: 2
+nodes:
+  - {id: gen, kind: datagen, count: 10, fields: [{name: auction, type: int64, gen: sequence},
+      {name: ts, type: timestamp_ms, gen: timestamp, start: "2026-01-01T00:00:00Z", step: 1ms}]}
+  - {id: counts, kind: window, input: gen, key_by: [auction], event_time: {column: ts},
+     window: {type: sliding, size: 10s, slide: 2s}, aggregates: [{fn: count, as: n}]}
+  - {id: hot, kind: top_n, input: counts, partition_by: [window_start, window_end],
+     order_by: n, n: 1, event_time: {column: window_end}}
+  - {id: out, kind: blackhole, input: hot}
+"#;
+
+    #[test]
+    fn build_top_n_hashes_on_partition_by_without_its_own_assigner() {
+        let g = build(&parse_yaml_or_json(TOP_BIDS).unwrap()).unwrap();
+        let names: Vec<_> = g.vertices.iter().map(Vertex::name).collect();
+        assert_eq!(names, ["gen", "counts", "hot -> out"]);
+        assert_eq!(
+            g.edges[1].partitioning,
+            Partitioning::Hash {
+                key_columns: vec!["window_start".into(), "window_end".into()]
+            }
+        );
+        let assigners: Vec<_> = g.vertices.iter().map(|v| v.watermark.is_some()).collect();
+        assert_eq!(
+            assigners,
+            [true, false, false],
+            "only the window's input gets an assigner; the window forwards its watermarks to top_n"
+        );
+    }
+
+    #[test]
+    fn build_top_n_without_window_upstream_is_rejected() {
+        let yaml = TOP_BIDS
+            .replace("input: counts, partition_by", "input: gen, partition_by")
+            .replace("[window_start, window_end]", "[ts]")
+            .replace("order_by: n", "order_by: auction")
+            .replace("column: window_end", "column: ts");
+        let err = build(&parse_yaml_or_json(&yaml).unwrap()).unwrap_err();
+        assert_eq!(err.node.as_deref(), Some("hot"));
+        assert_eq!(err.field.as_deref(), Some("input"));
+        assert!(err.message.contains("window"), "{}", err.message);
     }
 
     #[test]

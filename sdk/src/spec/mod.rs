@@ -4,10 +4,12 @@
 
 mod duration;
 mod parse;
+mod top_n;
 mod validate;
 
 pub use duration::HumanDuration;
 pub use parse::{parse_json, parse_yaml_or_json};
+pub use top_n::{SortOrder, TopNEventTime, TopNSpec};
 pub use validate::validate_structure;
 
 use crate::ids::NodeId;
@@ -51,6 +53,7 @@ pub enum NodeKind {
     Project(ProjectSpec),
     Filter(FilterSpec),
     Window(WindowSpec),
+    TopN(TopNSpec),
     Print(PrintSpec),
     Blackhole(BlackholeSpec),
     File(FileSinkSpec),
@@ -64,6 +67,7 @@ impl NodeKind {
             NodeKind::Project(_) => "project",
             NodeKind::Filter(_) => "filter",
             NodeKind::Window(_) => "window",
+            NodeKind::TopN(_) => "top_n",
             NodeKind::Print(_) => "print",
             NodeKind::Blackhole(_) => "blackhole",
             NodeKind::File(_) => "file",
@@ -84,6 +88,7 @@ impl NodeKind {
         "project",
         "filter",
         "window",
+        "top_n",
         "print",
         "blackhole",
         "file",
@@ -201,6 +206,10 @@ pub enum WindowKind {
     Sliding {
         size: HumanDuration,
         slide: HumanDuration,
+    },
+    /// Per key, records at most `gap` apart share a session.
+    Session {
+        gap: HumanDuration,
     },
 }
 

@@ -13,6 +13,7 @@ pub mod datagen;
 pub mod filter;
 pub mod project;
 pub mod sink;
+pub mod top_n;
 pub mod watermark;
 pub mod window;
 
@@ -121,9 +122,8 @@ pub fn build_chain(
             NodeKind::Filter(f) => {
                 operators.push(Box::new(filter::Filter::new(id, &input()?, &f.predicate)?))
             }
-            NodeKind::Window(w) => {
-                operators.push(Box::new(window::Window::new(id, w, &input()?, ctx)?))
-            }
+            NodeKind::Window(w) => operators.push(window::build(id, w, &input()?, ctx)?),
+            NodeKind::TopN(t) => operators.push(Box::new(top_n::TopN::new(id, t, &input()?, ctx)?)),
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),
             NodeKind::Blackhole(b) => operators.push(Box::new(sink::Blackhole::new(b))),
             NodeKind::File(f) => {

@@ -5,8 +5,10 @@
 //! submission (each error names the node and the field), the TaskManager to
 //! build the exact schemas its operators produce. Nothing here does I/O.
 
+mod top_n;
 mod window;
 
+pub use top_n::{TopNLayout, top_n_layout};
 pub use window::{
     AggregateLayout, WINDOW_END, WINDOW_START, WindowLayout, is_float, is_integer, is_timestamp,
     window_layout,
@@ -117,6 +119,7 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
             Ok(input)
         }
         NodeKind::Window(w) => window_layout(&node.id, w, &input).map(|l| l.output),
+        NodeKind::TopN(t) => top_n_layout(&node.id, t, &input).map(|l| l.output),
         NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_) => Ok(input),
     }
 }

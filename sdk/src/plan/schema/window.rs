@@ -3,7 +3,8 @@
 //! the TaskManager's window operator both use it, so they cannot disagree.
 //!
 //! Output columns: the key columns (their input types), `window_start` and
-//! `window_end` (Timestamp(ms), end exclusive), then one column per
+//! `window_end` (Timestamp(ms), end exclusive; for a session window, its first
+//! record's time and its last record's time plus the gap), then one column per
 //! aggregate: `count` → Int64, `sum` → Int64 over integers and Float64 over
 //! floats, `min`/`max` → the input type, `avg` → Float64.
 
@@ -26,9 +27,14 @@ pub struct WindowLayout {
     pub key_indices: Vec<usize>,
     /// Input column of event time (Timestamp(ms) or Int64 ms since epoch).
     pub event_time_index: usize,
+    /// Tumbling and sliding windows: their size (session windows: the gap).
     pub size_ms: i64,
     /// Equal to `size_ms` for tumbling windows; `size_ms` is a multiple of it.
+    /// Session windows: the gap.
     pub slide_ms: i64,
+    /// Set for session windows: per key, records at most this far apart
+    /// share a session `[first, last + gap)`.
+    pub session_gap_ms: Option<i64>,
     pub aggregates: Vec<AggregateLayout>,
     pub output: SchemaRef,
 }
@@ -74,9 +80,16 @@ pub fn window_layout(
         })
     };
 
-    let (size_ms, slide_ms) = match &spec.window {
-        WindowKind::Tumbling { size } => (size.as_millis_i64(), size.as_millis_i64()),
-        WindowKind::Sliding { size, slide } => (size.as_millis_i64(), slide.as_millis_i64()),
+    let (size_ms, slide_ms, session_gap_ms) = match &spec.window {
+        WindowKind::Tumbling { size } => (size.as_millis_i64(), size.as_millis_i64(), None),
+        WindowKind::Sliding { size, slide } => (size.as_millis_i64(), slide.as_millis_i64(), None),
+        WindowKind::Session { gap } => {
+            let gap = gap.as_millis_i64();
+            if gap <= 0 {
+                return Err(invalid("window", "session gap must be at least 1ms".into()));
+            }
+            (gap, gap, Some(gap))
+        }
     };
     if size_ms <= 0 {
         return Err(invalid("window", "window size must be at least 1ms".into()));
@@ -236,6 +249,7 @@ pub fn window_layout(
         event_time_index,
         size_ms,
         slide_ms,
+        session_gap_ms,
         aggregates,
         output: Arc::new(Schema::new(out_fields)),
     })

@@ -222,6 +222,129 @@ impl Acc {
     }
 }
 
+/// Group-wise operations for session windows, whose groups are session
+/// slots: merging two sessions, reading some slots out, and recycling a slot.
+impl Acc {
+    /// Folds group `from` into group `into` (two sessions merged); `from` is
+    /// left as it was (the caller resets it before reusing the slot).
+    pub fn merge(&mut self, into: usize, from: usize) {
+        let need = into.max(from) + 1;
+        match self {
+            Acc::Count(c) => {
+                grow(c, need, 0);
+                c[into] += c[from];
+            }
+            Acc::I64 { kind, v, seen } => {
+                grow(v, need, 0);
+                grow(seen, need, false);
+                if seen[from] {
+                    v[into] = if seen[into] {
+                        match kind {
+                            Kind::SumI64 => v[into].wrapping_add(v[from]),
+                            Kind::MinI64 => v[into].min(v[from]),
+                            _ => v[into].max(v[from]),
+                        }
+                    } else {
+                        v[from]
+                    };
+                    seen[into] = true;
+                }
+            }
+            Acc::F64 { kind, v, seen } => {
+                grow(v, need, 0.0);
+                grow(seen, need, false);
+                if seen[from] {
+                    let (a, b) = (v[into], v[from]);
+                    v[into] = if !seen[into] {
+                        b
+                    } else {
+                        match kind {
+                            Kind::SumF64 => a + b,
+                            Kind::MinF64 if b.total_cmp(&a).is_lt() => b,
+                            Kind::MaxF64 if b.total_cmp(&a).is_gt() => b,
+                            _ => a,
+                        }
+                    };
+                    seen[into] = true;
+                }
+            }
+            Acc::Avg { sum, count } => {
+                grow(sum, need, 0.0);
+                grow(count, need, 0);
+                sum[into] += sum[from];
+                count[into] += count[from];
+            }
+        }
+    }
+
+    /// Empties group `g` so its slot can hold a new session.
+    pub fn reset(&mut self, g: usize) {
+        match self {
+            Acc::Count(c) => {
+                if let Some(x) = c.get_mut(g) {
+                    *x = 0;
+                }
+            }
+            Acc::I64 { v, seen, .. } => {
+                if let (Some(x), Some(s)) = (v.get_mut(g), seen.get_mut(g)) {
+                    *x = 0;
+                    *s = false;
+                }
+            }
+            Acc::F64 { v, seen, .. } => {
+                if let (Some(x), Some(s)) = (v.get_mut(g), seen.get_mut(g)) {
+                    *x = 0.0;
+                    *s = false;
+                }
+            }
+            Acc::Avg { sum, count } => {
+                if let (Some(x), Some(c)) = (sum.get_mut(g), count.get_mut(g)) {
+                    *x = 0.0;
+                    *c = 0;
+                }
+            }
+        }
+    }
+
+    /// The output column of `groups`, in that order (groups never updated
+    /// read as empty).
+    pub fn gather(&self, groups: &[u32], output_type: &DataType) -> Result<ArrayRef, ArrowError> {
+        let at = |g: &u32| *g as usize;
+        let array: ArrayRef = match self {
+            Acc::Count(c) => Arc::new(Int64Array::from_iter_values(
+                groups.iter().map(|g| c.get(at(g)).copied().unwrap_or(0)),
+            )),
+            Acc::I64 { v, seen, .. } => {
+                Arc::new(Int64Array::from_iter(groups.iter().map(|g| {
+                    seen.get(at(g)).copied().unwrap_or(false).then(|| v[at(g)])
+                })))
+            }
+            Acc::F64 { v, seen, .. } => {
+                Arc::new(Float64Array::from_iter(groups.iter().map(|g| {
+                    seen.get(at(g)).copied().unwrap_or(false).then(|| v[at(g)])
+                })))
+            }
+            Acc::Avg { sum, count } => Arc::new(Float64Array::from_iter(groups.iter().map(|g| {
+                match count.get(at(g)).copied().unwrap_or(0) {
+                    0 => None,
+                    c => Some(sum[at(g)] / c as f64),
+                }
+            }))),
+        };
+        if array.data_type() == output_type {
+            Ok(array)
+        } else {
+            cast(&array, output_type)
+        }
+    }
+}
+
+fn grow<T: Clone>(v: &mut Vec<T>, len: usize, fill: T) {
+    if v.len() < len {
+        v.resize(len, fill);
+    }
+}
+
 /// `acc[g] = combine(acc[g], value)` for every valid row; the first value of
 /// a group initializes it.
 fn fold<T, A>(

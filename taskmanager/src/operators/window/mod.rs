@@ -1,4 +1,6 @@
-//! `window`: keyed event-time windows (tumbling and sliding) with aggregates.
+//! `window`: keyed event-time windows with aggregates. Tumbling and sliding
+//! windows are [`Window`] (this file); session windows are
+//! [`session::SessionWindow`]; [`build`] picks one.
 //!
 //! Per batch, vectorized: every row's key hash (the routing hash of
 //! `eddy_sdk::plan::hash`, so key groups agree with the exchange), its last
@@ -19,6 +21,8 @@
 //! key group later.
 
 mod accumulators;
+pub mod session;
+mod session_state;
 mod state;
 
 use super::{TaskContext, bad_data, plan_error};
@@ -31,10 +35,32 @@ use eddy_sdk::ids::NodeId;
 use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
 use eddy_sdk::plan::hash::hash_columns;
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
+use eddy_sdk::spec::WindowKind;
 use eddy_sdk::spec::WindowSpec;
 use state::{BatchKeys, WindowState};
+
+/// A map keyed by xxh3 hashes, used as they are (shared with `top_n`).
+pub(crate) use state::HashHeads;
 use std::collections::{BTreeMap, HashMap};
 
+/// The operator of a `window` node: session windows or aligned ones.
+pub fn build(
+    node: &NodeId,
+    spec: &WindowSpec,
+    input: &SchemaRef,
+    ctx: &TaskContext,
+) -> Result<Box<dyn Operator>, OperatorError> {
+    Ok(match spec.window {
+        WindowKind::Session { .. } => {
+            Box::new(session::SessionWindow::new(node, spec, input, ctx)?)
+        }
+        WindowKind::Tumbling { .. } | WindowKind::Sliding { .. } => {
+            Box::new(Window::new(node, spec, input, ctx)?)
+        }
+    })
+}
+
+/// Tumbling and sliding windows.
 pub struct Window {
     node: NodeId,
     layout: WindowLayout,
@@ -60,6 +86,11 @@ impl Window {
     ) -> Result<Self, OperatorError> {
         let layout = window_layout(node, spec, input)
             .map_err(|e| plan_error(format!("node `{node}`: {}", e.message)))?;
+        if layout.session_gap_ms.is_some() {
+            return Err(plan_error(format!(
+                "node `{node}`: session windows are built by `window::build`"
+            )));
+        }
         let key_types: Vec<&DataType> = layout
             .key_indices
             .iter()

@@ -23,7 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// End of a `next` chain.
-const NONE: u32 = u32::MAX;
+pub(super) const NONE: u32 = u32::MAX;
 
 /// The keys of one batch, in the form of the window's key store.
 pub enum BatchKeys<'a> {
@@ -31,7 +31,7 @@ pub enum BatchKeys<'a> {
     Rows(&'a Rows),
 }
 
-enum KeyStore {
+pub(super) enum KeyStore {
     Int64(Vec<Option<i64>>),
     Rows(Rows),
 }
@@ -164,7 +164,7 @@ impl WindowState {
 /// The group of the key with `hash` for which `is_key` holds, or a new group
 /// numbered `next.len()` (the caller stores its key).
 #[inline]
-fn find_or_insert(
+pub(super) fn find_or_insert(
     heads: &mut HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
     next: &mut Vec<u32>,
     hash: u64,
@@ -193,9 +193,12 @@ fn find_or_insert(
     }
 }
 
+/// Key hash → group, keyed by the xxh3 hash itself.
+pub(crate) type HashHeads = HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>;
+
 /// The keys of the `heads` map are already xxh3 hashes: use them as they are.
 #[derive(Default)]
-struct PrehashedHasher(u64);
+pub(crate) struct PrehashedHasher(u64);
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {

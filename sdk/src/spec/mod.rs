@@ -3,11 +3,13 @@
 //! graph's shape. Schema-level checks (columns, SQL) live in `plan`.
 
 mod duration;
+mod nexmark;
 mod parse;
 mod top_n;
 mod validate;
 
 pub use duration::HumanDuration;
+pub use nexmark::{MAX_NEXMARK_COUNT, NexmarkSpec, NexmarkTable};
 pub use parse::{parse_json, parse_yaml_or_json};
 pub use top_n::{SortOrder, TopNEventTime, TopNSpec};
 pub use validate::validate_structure;
@@ -50,6 +52,7 @@ pub struct NodeSpec {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NodeKind {
     Datagen(DatagenSpec),
+    Nexmark(NexmarkSpec),
     Project(ProjectSpec),
     Filter(FilterSpec),
     Window(WindowSpec),
@@ -64,6 +67,7 @@ impl NodeKind {
     pub fn name(&self) -> &'static str {
         match self {
             NodeKind::Datagen(_) => "datagen",
+            NodeKind::Nexmark(_) => "nexmark",
             NodeKind::Project(_) => "project",
             NodeKind::Filter(_) => "filter",
             NodeKind::Window(_) => "window",
@@ -74,7 +78,7 @@ impl NodeKind {
         }
     }
     pub fn is_source(&self) -> bool {
-        matches!(self, NodeKind::Datagen(_))
+        matches!(self, NodeKind::Datagen(_) | NodeKind::Nexmark(_))
     }
     pub fn is_sink(&self) -> bool {
         matches!(
@@ -85,6 +89,7 @@ impl NodeKind {
     /// All kinds, for error messages.
     pub const ALL: &'static [&'static str] = &[
         "datagen",
+        "nexmark",
         "project",
         "filter",
         "window",

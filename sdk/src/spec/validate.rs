@@ -139,6 +139,9 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
                 "rows_per_second must be a positive number",
             ));
         }
+        if let NodeKind::Nexmark(n) = &node.kind {
+            n.validate(id)?;
+        }
         if let NodeKind::Datagen(d) = &node.kind {
             if d.fields.is_empty() {
                 return Err(invalid(id, "fields", "datagen needs at least one field"));

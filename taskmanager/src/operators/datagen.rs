@@ -213,7 +213,7 @@ impl Source for Datagen {
 /// worth; a batch goes out once a linger's worth of tokens (or the rest of a
 /// bounded input) is there.
 #[derive(Debug)]
-struct Pacing {
+pub(crate) struct Pacing {
     rate: f64,
     tokens: f64,
     last: Instant,
@@ -223,7 +223,7 @@ struct Pacing {
 }
 
 impl Pacing {
-    fn new(rate: f64, batch_size: usize, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, batch_size: usize, now: Instant) -> Self {
         let target = ((rate * MAX_LINGER.as_secs_f64()).ceil() as usize).clamp(1, batch_size);
         let cap = (rate * MAX_BURST.as_secs_f64()).max(2.0 * target as f64);
         Pacing {
@@ -236,7 +236,7 @@ impl Pacing {
     }
 
     /// How many rows (at most `limit`) may go out now, or how long to wait.
-    fn take(&mut self, limit: usize, now: Instant) -> Result<usize, Duration> {
+    pub(crate) fn take(&mut self, limit: usize, now: Instant) -> Result<usize, Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.cap);

@@ -11,6 +11,7 @@
 
 pub mod datagen;
 pub mod filter;
+pub mod nexmark;
 pub mod project;
 pub mod sink;
 pub mod top_n;
@@ -115,6 +116,14 @@ pub fn build_chain(
                     )));
                 }
                 source = Some(Box::new(datagen::Datagen::new(id, d, output.clone(), ctx)));
+            }
+            NodeKind::Nexmark(n) => {
+                if position != 0 {
+                    return Err(plan_error(format!(
+                        "source `{id}` is not the first node of its vertex"
+                    )));
+                }
+                source = Some(Box::new(nexmark::Nexmark::new(id, n, output.clone(), ctx)));
             }
             NodeKind::Project(p) => {
                 operators.push(Box::new(project::Project::new(id, &input()?, &p.exprs)?))

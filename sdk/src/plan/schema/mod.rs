@@ -6,9 +6,11 @@
 //! build the exact schemas its operators produce. Nothing here does I/O.
 
 mod top_n;
+mod nexmark;
 mod window;
 
 pub use top_n::{TopNLayout, top_n_layout};
+pub use nexmark::{nexmark_schema, nexmark_table_schema};
 pub use window::{
     AggregateLayout, WINDOW_END, WINDOW_START, WindowLayout, is_float, is_integer, is_timestamp,
     window_layout,
@@ -100,6 +102,9 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
     if let NodeKind::Datagen(d) = &node.kind {
         return datagen_schema(node, d);
     }
+    if let NodeKind::Nexmark(n) = &node.kind {
+        return nexmark_schema(node, n);
+    }
     let Some(input) = input else {
         let kind = node.kind.name();
         return Err(invalid(
@@ -110,6 +115,7 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
     };
     match &node.kind {
         NodeKind::Datagen(d) => datagen_schema(node, d),
+        NodeKind::Nexmark(n) => nexmark_schema(node, n),
         NodeKind::Project(p) => expr::compile_projection(&input, &p.exprs)
             .map(|(_, s)| s)
             .map_err(|e| invalid(node, "exprs", e.to_string())),

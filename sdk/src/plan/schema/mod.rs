@@ -5,12 +5,12 @@
 //! submission (each error names the node and the field), the TaskManager to
 //! build the exact schemas its operators produce. Nothing here does I/O.
 
-mod top_n;
 mod nexmark;
+mod top_n;
 mod window;
 
-pub use top_n::{TopNLayout, top_n_layout};
 pub use nexmark::{nexmark_schema, nexmark_table_schema};
+pub use top_n::{TopNLayout, top_n_layout};
 pub use window::{
     AggregateLayout, WINDOW_END, WINDOW_START, WindowLayout, is_float, is_integer, is_timestamp,
     window_layout,

@@ -277,9 +277,11 @@ fn nexmark_q2_spec_matches_reference() {
 
 /// The other bench specs parse, validate and build.
 #[test]
-fn nexmark_bench_specs_q0_and_q12_plan() {
+fn nexmark_bench_specs_q0_q5_q11_q12_plan() {
     for yaml in [
         include_str!("../../../../bench/nexmark/q0.yaml"),
+        include_str!("../../../../bench/nexmark/q5.yaml"),
+        include_str!("../../../../bench/nexmark/q11.yaml"),
         include_str!("../../../../bench/nexmark/q12.yaml"),
     ] {
         let spec = parse_yaml_or_json(yaml).unwrap();

@@ -26,18 +26,17 @@ mod session_state;
 mod state;
 
 use super::{TaskContext, bad_data, plan_error};
-use accumulators::{Kind, Prepared};
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use accumulators::Kind;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use eddy_sdk::ids::NodeId;
 use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
-use eddy_sdk::plan::hash::hash_columns;
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
 use eddy_sdk::spec::WindowKind;
 use eddy_sdk::spec::WindowSpec;
-use state::{BatchKeys, WindowState};
+use state::{KeyedBatch, WindowState};
 
 /// A map keyed by xxh3 hashes, used as they are (shared with `top_n`).
 pub(crate) use state::HashHeads;
@@ -165,33 +164,15 @@ impl Operator for Window {
             return Ok(());
         }
 
-        let key_cols: Vec<ArrayRef> = self
-            .layout
-            .key_indices
-            .iter()
-            .map(|&i| batch.column(i).clone())
-            .collect();
-        hash_columns(&key_cols, &mut self.hashes)
-            .map_err(|e| bad_data(&self.node, "cannot hash the keys", e))?;
-        let row_keys = match &self.rows {
-            Some(conv) => Some(
-                conv.convert_columns(&key_cols)
-                    .map_err(|e| bad_data(&self.node, "cannot encode the keys", e))?,
-            ),
-            None => None,
-        };
-        let keys = match &row_keys {
-            Some(rows) => BatchKeys::Rows(rows),
-            None => BatchKeys::Int64(key_cols[0].as_primitive::<Int64Type>()),
-        };
-        let inputs = self
-            .layout
-            .aggregates
-            .iter()
-            .zip(&self.kinds)
-            .map(|(a, k)| k.prepare(a.input.as_ref().map(|(i, _)| batch.column(*i))))
-            .collect::<Result<Vec<Prepared>, _>>()
-            .map_err(|e| bad_data(&self.node, "cannot read an aggregate's input", e))?;
+        let keyed = KeyedBatch::new(
+            &self.node,
+            &self.layout,
+            self.rows.as_ref(),
+            &self.kinds,
+            &batch,
+            &mut self.hashes,
+        )?;
+        let (keys, inputs) = (keyed.keys(), &keyed.inputs);
 
         let per_row = size / slide;
         for (last_end, rows) in self.buckets.iter() {
@@ -208,7 +189,7 @@ impl Operator for Window {
                     rows,
                     &self.hashes,
                     &keys,
-                    &inputs,
+                    inputs,
                     self.max_parallelism,
                     &mut self.groups,
                 );

@@ -17,16 +17,15 @@
 //! (`t + gap - 1 <= watermark`) is dropped and counted as late, as is a
 //! record without an event time.
 
-use super::accumulators::{Kind, Prepared};
+use super::accumulators::Kind;
 use super::session_state::{KeyTable, NOT_INDEXED, Slots};
-use super::state::{BatchKeys, NONE};
+use super::state::{KeyedBatch, NONE};
 use crate::operators::{TaskContext, bad_data, plan_error};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use eddy_sdk::ids::NodeId;
 use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
-use eddy_sdk::plan::hash::hash_columns;
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
 use eddy_sdk::spec::WindowSpec;
 use std::collections::BTreeSet;
@@ -269,33 +268,15 @@ impl Operator for SessionWindow {
             return Ok(());
         }
 
-        let key_cols: Vec<ArrayRef> = self
-            .layout
-            .key_indices
-            .iter()
-            .map(|&i| batch.column(i).clone())
-            .collect();
-        hash_columns(&key_cols, &mut self.hashes)
-            .map_err(|e| bad_data(&self.node, "cannot hash the keys", e))?;
-        let row_keys = match &self.rows {
-            Some(conv) => Some(
-                conv.convert_columns(&key_cols)
-                    .map_err(|e| bad_data(&self.node, "cannot encode the keys", e))?,
-            ),
-            None => None,
-        };
-        let keys = match &row_keys {
-            Some(rows) => BatchKeys::Rows(rows),
-            None => BatchKeys::Int64(key_cols[0].as_primitive::<Int64Type>()),
-        };
-        let inputs = self
-            .layout
-            .aggregates
-            .iter()
-            .zip(&self.kinds)
-            .map(|(a, k)| k.prepare(a.input.as_ref().map(|(i, _)| batch.column(*i))))
-            .collect::<Result<Vec<Prepared>, _>>()
-            .map_err(|e| bad_data(&self.node, "cannot read an aggregate's input", e))?;
+        let keyed = KeyedBatch::new(
+            &self.node,
+            &self.layout,
+            self.rows.as_ref(),
+            &self.kinds,
+            &batch,
+            &mut self.hashes,
+        )?;
+        let (keys, inputs) = (keyed.keys(), &keyed.inputs);
 
         let kept = std::mem::take(&mut self.kept);
         let mut groups = std::mem::take(&mut self.groups);
@@ -315,7 +296,7 @@ impl Operator for SessionWindow {
             }
         }
         let num_slots = self.slots.num_slots();
-        for (acc, input) in self.slots.accs.iter_mut().zip(&inputs) {
+        for (acc, input) in self.slots.accs.iter_mut().zip(inputs) {
             acc.update(input, &kept, &groups, num_slots);
         }
         self.kept = kept;

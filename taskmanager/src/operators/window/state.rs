@@ -11,12 +11,16 @@
 //! case and the fast one); any other key is kept in Arrow's row format.
 
 use super::accumulators::{Acc, Kind, Prepared};
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
-use arrow::datatypes::SchemaRef;
+use crate::operators::bad_data;
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, Rows};
+use eddy_sdk::ids::NodeId;
 use eddy_sdk::keygroup::key_group_of_hash;
-use eddy_sdk::plan::schema::AggregateLayout;
+use eddy_sdk::operator::OperatorError;
+use eddy_sdk::plan::hash::hash_columns;
+use eddy_sdk::plan::schema::{AggregateLayout, WindowLayout};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -29,6 +33,60 @@ pub(super) const NONE: u32 = u32::MAX;
 pub enum BatchKeys<'a> {
     Int64(&'a Int64Array),
     Rows(&'a Rows),
+}
+
+/// One batch's key hashes, keys and prepared aggregate inputs, computed once
+/// for all of its rows (shared by the tumbling/sliding and session operators).
+pub(super) struct KeyedBatch {
+    /// The key columns; a single Int64 key is read from here directly.
+    key_cols: Vec<ArrayRef>,
+    /// Row-format keys, when the window keeps its keys in row format.
+    rows: Option<Rows>,
+    pub inputs: Vec<Prepared>,
+}
+
+impl KeyedBatch {
+    /// Hashes the batch's keys into `hashes` (the same hash that routed the
+    /// rows here), encodes them for `rows` when given, and prepares every
+    /// aggregate's input column.
+    pub(super) fn new(
+        node: &NodeId,
+        layout: &WindowLayout,
+        rows: Option<&RowConverter>,
+        kinds: &[Kind],
+        batch: &RecordBatch,
+        hashes: &mut Vec<u64>,
+    ) -> Result<Self, OperatorError> {
+        let key_cols: Vec<ArrayRef> = layout
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        hash_columns(&key_cols, hashes).map_err(|e| bad_data(node, "cannot hash the keys", e))?;
+        let rows = rows
+            .map(|conv| conv.convert_columns(&key_cols))
+            .transpose()
+            .map_err(|e| bad_data(node, "cannot encode the keys", e))?;
+        let inputs = layout
+            .aggregates
+            .iter()
+            .zip(kinds)
+            .map(|(a, k)| k.prepare(a.input.as_ref().map(|(i, _)| batch.column(*i))))
+            .collect::<Result<Vec<Prepared>, _>>()
+            .map_err(|e| bad_data(node, "cannot read an aggregate's input", e))?;
+        Ok(KeyedBatch {
+            key_cols,
+            rows,
+            inputs,
+        })
+    }
+
+    pub(super) fn keys(&self) -> BatchKeys<'_> {
+        match &self.rows {
+            Some(rows) => BatchKeys::Rows(rows),
+            None => BatchKeys::Int64(self.key_cols[0].as_primitive::<Int64Type>()),
+        }
+    }
 }
 
 pub(super) enum KeyStore {

@@ -56,10 +56,7 @@ async fn submit_malformed_specs_answer_400_with_code_message_node() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-1", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
 
     assert_invalid(
         &rest,
@@ -121,10 +118,7 @@ async fn submit_bad_sql_and_unknown_column_answer_400() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-1", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let bad_sql = spec(
         &[
             GEN,
@@ -225,10 +219,7 @@ async fn job_runs_spread_over_two_tms_and_finishes() {
     let a = FakeTm::start("tm-a", 2, &rpc).await;
     let b = FakeTm::start("tm-b", 2, &rpc).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 4
-    })
-    .await;
+    rest.wait_slots(4).await;
 
     let id = rest.submit(&job(2)).await;
     rest.wait_state(&id, "RUNNING").await;
@@ -290,10 +281,7 @@ async fn failed_subtask_fails_job_with_chain_and_cancels() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
     tm.set_job_state(
@@ -324,10 +312,7 @@ async fn lost_tm_fails_its_job_as_infrastructure() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
     tm.silent.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -358,10 +343,7 @@ async fn cancel_running_job_ends_canceled() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let id = rest.submit(&job(2)).await;
     rest.wait_state(&id, "RUNNING").await;
     let (status, _) = rest
@@ -381,10 +363,7 @@ async fn job_waits_for_busy_slots_then_runs() {
     let jm = start_jm(dir.path()).await;
     let _tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let first = rest.submit(&job(2)).await;
     rest.wait_state(&first, "RUNNING").await;
     let second = rest.submit(&job(2)).await;
@@ -409,10 +388,7 @@ async fn deploy_failure_fails_job_with_chain() {
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     *tm.fail_deploy.lock().unwrap() = Some("slot 0 is broken".into());
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "FAILED").await;
     let failure = rest.get(&format!("/v1/jobs/{id}")).await.1["failure"].clone();
@@ -433,10 +409,7 @@ async fn restart_same_data_dir_keeps_jobs_and_reattaches_tasks() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let running = rest.submit(&job(1)).await;
     rest.wait_state(&running, "RUNNING").await;
     let canceled = rest.submit(&job(1)).await;
@@ -484,10 +457,7 @@ async fn restart_without_tm_fails_job_did_not_reregister() {
     let jm = start_jm(dir.path()).await;
     let tm = FakeTm::start("tm-a", 2, &jm.rpc_addr().to_string()).await;
     let rest = Rest::new(&jm);
-    wait_for("slots", || async {
-        rest.get("/v1/overview").await.1["slots_total"] == 2
-    })
-    .await;
+    rest.wait_slots(2).await;
     let id = rest.submit(&job(1)).await;
     rest.wait_state(&id, "RUNNING").await;
     tm.stop();

@@ -85,49 +85,33 @@ impl Client {
             "application/yaml"
         };
         let url = format!("{}/v1/jobs", self.base);
-        let resp = self
+        let request = self
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(spec_text.to_string())
-            .send()
-            .await
-            .map_err(|source| Error::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        Self::decode(url, resp).await
+            .body(spec_text.to_string());
+        Self::send(url, request).await
     }
 
     pub async fn cancel(&self, id: &str) -> Result<serde_json::Value> {
         let url = format!("{}/v1/jobs/{id}/cancel", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .send()
-            .await
-            .map_err(|source| Error::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        Self::decode(url, resp).await
+        let request = self.http.post(&url);
+        Self::send(url, request).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| Error::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        Self::decode(url, resp).await
+        let request = self.http.get(&url);
+        Self::send(url, request).await
     }
 
-    async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T> {
+    /// Sends the request and reads the answer: the body on success, the
+    /// server's error body (with its code) otherwise.
+    async fn send<T: DeserializeOwned>(url: String, request: reqwest::RequestBuilder) -> Result<T> {
+        let resp = request.send().await.map_err(|source| Error::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
         let body = resp.text().await.map_err(|source| Error::Transport {
             url: url.clone(),

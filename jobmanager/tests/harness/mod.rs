@@ -281,6 +281,14 @@ impl Rest {
         }
     }
 
+    /// Waits until the registered TaskManagers offer `n` slots in all.
+    pub async fn wait_slots(&self, n: u64) {
+        wait_for("slots", || async {
+            self.get("/v1/overview").await.1["slots_total"] == n
+        })
+        .await;
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .http

@@ -186,22 +186,8 @@ fn field_in_message(msg: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const CLICKS: &str = r#"
-name: clicks
-parallelism: 2
-nodes:
-  - {id: gen, kind: datagen, count: 1000000, fields: [
-      {name: id, type: int64, gen: sequence, start: 0},
-      {name: ts, type: timestamp_ms, gen: timestamp, start: "2026-01-01T00:00:00Z", step: 1ms}]}
-  - {id: enrich, kind: project, input: gen,
-     exprs: ["id", "ts", "id % 1000 AS user_id", "CAST(id % 100 AS DOUBLE) AS amount"]}
-  - {id: big, kind: filter, input: enrich, predicate: "amount >= 50"}
-  - {id: per_user, kind: window, input: big, key_by: [user_id],
-     event_time: {column: ts, max_out_of_orderness: 200ms},
-     window: {type: tumbling, size: 1s},
-     aggregates: [{fn: count, as: n}, {fn: sum, column: amount, as: total}]}
-  - {id: out, kind: file, input: per_user, path: /tmp/eddy-out, format: jsonl}
-"#;
+    /// The issue's example job, as shipped in `examples/clicks.yaml`.
+    const CLICKS: &str = include_str!("../../../examples/clicks.yaml");
 
     #[test]
     fn parse_issue_example_yaml_roundtrips_through_json() {

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod nexmark_reference;
+
 /// Where the built binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("EDDY_BIN_DIR") {

@@ -6,7 +6,7 @@ CARGO ?= cargo
 PROFILE_FLAG ?= --release
 BIN_DIR = $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: demo test setup fmt lint build unit test-cluster bench clean
+.PHONY: demo test setup fmt lint build unit test-cluster bench bench-dataplane clean
 
 demo: setup
 	$(CARGO) build $(PROFILE_FLAG) --locked --bins
@@ -35,7 +35,13 @@ unit: build
 test-cluster: build
 	$(CARGO) nextest run --workspace --locked -E 'package(eddy-tests)'
 
-bench:
+# The Nexmark suite (docs/benchmarks.md): every query at parallelism 1 and 2.
+bench: setup
+	$(CARGO) build --release --locked --bins
+	$(BIN_DIR)/eddy bench --out bench-results $(BENCH_ARGS)
+
+# Data-plane micro-benchmark: datagen -> filter / window -> blackhole.
+bench-dataplane: setup
 	$(CARGO) build --release --locked --bins
 	python3 scripts/bench.py
 

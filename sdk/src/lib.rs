@@ -10,6 +10,7 @@ pub mod error;
 pub mod graph;
 pub mod ids;
 pub mod keygroup;
+pub mod latency;
 pub mod nexmark;
 pub mod rest;
 pub mod spec;

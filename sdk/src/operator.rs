@@ -16,6 +16,12 @@ pub enum Element {
     /// Event time has reached this instant (ms since epoch): no later record
     /// will carry an earlier timestamp (modulo allowed lateness).
     Watermark(i64),
+    /// A latency marker: the wall-clock time (ns since the Unix epoch) at which
+    /// the source's oldest record pending at that point became due. Operators
+    /// never see markers: the runtime passes them down the chain at once and
+    /// each edge forwards them to one channel, round-robin; sinks record
+    /// their age (`crate::latency`).
+    LatencyMarker(i64),
     /// The producer has no more input.
     EndOfStream,
 }
@@ -37,6 +43,9 @@ impl Collector {
     }
     pub fn watermark(&mut self, wm: i64) {
         self.out.push(Element::Watermark(wm));
+    }
+    pub fn latency_marker(&mut self, unix_ns: i64) {
+        self.out.push(Element::LatencyMarker(unix_ns));
     }
     pub fn push(&mut self, e: Element) {
         match e {

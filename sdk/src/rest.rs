@@ -156,6 +156,32 @@ pub struct SubtaskMetricsInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_ms: Option<i64>,
     pub late_records_dropped: u64,
+    /// Latency-marker counts per bucket of `eddy_sdk::latency::BOUNDS_US`
+    /// (sinks only; empty elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<u64>,
+}
+
+/// End-to-end latency seen by a sink vertex: from the time a source's oldest
+/// pending record became due to the time the sink received the latency marker
+/// that followed it. Markers are not held back by windows, so for windowed
+/// jobs this is the pipeline's latency, not the wait for a window to close.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyInfo {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl LatencyInfo {
+    /// From merged bucket counts; `None` without samples.
+    pub fn from_buckets(counts: &[u64]) -> Option<LatencyInfo> {
+        Some(LatencyInfo {
+            samples: counts.iter().sum(),
+            p50_ms: crate::latency::quantile_ms(counts, 0.5)?,
+            p99_ms: crate::latency::quantile_ms(counts, 0.99)?,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +206,9 @@ pub struct VertexInfo {
     /// The highest subtask backpressure ratio (as Flink reports a vertex).
     pub backpressure: f64,
     pub busy: f64,
+    /// Latency at this vertex (sink vertices), over the subtasks' lifetimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyInfo>,
     pub subtasks: Vec<SubtaskInfo>,
 }
 

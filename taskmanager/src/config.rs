@@ -47,6 +47,9 @@ pub struct Config {
     pub exchange: ExchangeConfig,
     /// Log output: `text` or `json`.
     pub log_format: LogFormat,
+    /// How often each source subtask sends a latency marker (0s: never).
+    /// Sinks turn marker ages into the latency figures of the REST API.
+    pub latency_marker_interval: eddy_sdk::spec::HumanDuration,
 }
 
 /// The resources of one slot (one KPU).

@@ -257,10 +257,7 @@ impl Node {
                 self.open_channel(channel, placements, slot)
             });
             let channels = futures::future::try_join_all(connects).await?;
-            edges.push(EdgeOutput {
-                partitioner,
-                channels,
-            });
+            edges.push(EdgeOutput::new(partitioner, channels));
         }
         Ok(Outputs::new(edges))
     }
@@ -347,6 +344,7 @@ async fn run_subtask(
             subtask: key.index,
             parallelism: vertex.parallelism,
             max_parallelism: job.graph.max_parallelism,
+            latency_interval: Some(node.config.latency_marker_interval.0).filter(|d| !d.is_zero()),
         };
         let chain = operators::build_chain(&job.spec, &job.graph, &job.schemas, &ctx)
             .map_err(runtime::Error::Build)?;

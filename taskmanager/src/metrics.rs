@@ -61,6 +61,8 @@ pub struct Metrics {
     pub records_in: Family<SubtaskLabels, Counter>,
     pub records_out: Family<SubtaskLabels, Counter>,
     pub backpressured_ratio: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
+    pub latency_p50: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
+    pub latency_p99: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub exchange: ExchangeBytes,
     pub rss_bytes: Gauge,
 }
@@ -99,6 +101,16 @@ impl Metrics {
             "backpressured_ratio",
             "Share of the last second a subtask was blocked waiting for output credit",
             m.backpressured_ratio.clone(),
+        );
+        r.register(
+            "latency_p50_seconds",
+            "Median age of the latency markers a sink subtask received (since it started)",
+            m.latency_p50.clone(),
+        );
+        r.register(
+            "latency_p99_seconds",
+            "99th percentile age of the latency markers a sink subtask received",
+            m.latency_p99.clone(),
         );
         r.register(
             "exchange_sent_bytes",

@@ -240,6 +240,8 @@ impl TaskTable {
                 m.records_in.remove(&labels);
                 m.records_out.remove(&labels);
                 m.backpressured_ratio.remove(&labels);
+                m.latency_p50.remove(&labels);
+                m.latency_p99.remove(&labels);
                 return false;
             }
             e.metrics.sample(interval);
@@ -257,6 +259,12 @@ impl TaskTable {
             m.backpressured_ratio
                 .get_or_create(&labels)
                 .set(f64::from(e.metrics.backpressured_ms_per_sec()) / 1000.0);
+            let latency = e.metrics.latency.counts();
+            for (family, q) in [(&m.latency_p50, 0.5), (&m.latency_p99, 0.99)] {
+                if let Some(ms) = eddy_sdk::latency::quantile_ms(&latency, q) {
+                    family.get_or_create(&labels).set(ms / 1000.0);
+                }
+            }
             let i = match e.state {
                 pb::TaskState::Running => 1,
                 pb::TaskState::Finished => 2,

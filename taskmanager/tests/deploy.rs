@@ -148,7 +148,7 @@ async fn deploy_two_vertex_job_on_one_taskmanager_counts_every_row() {
     let sources_out: u64 = statuses
         .iter()
         .filter(|s| s.subtask.as_ref().unwrap().vertex == 0)
-        .map(|s| s.metrics.unwrap().records_out)
+        .map(|s| s.metrics.as_ref().unwrap().records_out)
         .sum();
     assert_eq!(sources_out, 10_000);
 }
@@ -194,7 +194,7 @@ async fn deploy_over_two_taskmanagers_exchanges_remotely() {
         .tasks
         .statuses()
         .iter()
-        .map(|s| s.metrics.unwrap().bytes_in)
+        .map(|s| s.metrics.as_ref().unwrap().bytes_in)
         .sum();
     assert!(
         bytes_in > 0,

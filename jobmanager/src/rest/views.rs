@@ -6,8 +6,8 @@ use crate::taskmanagers::{Registry, TaskKey};
 use chrono::{DateTime, SecondsFormat};
 use eddy_sdk::ids::SubtaskIndex;
 use eddy_sdk::rest::{
-    FailureInfo, JobDetail, JobState, JobSummary, Overview, SubtaskInfo, SubtaskMetricsInfo,
-    TaskManagerInfo, TaskState, VertexInfo,
+    FailureInfo, JobDetail, JobState, JobSummary, LatencyInfo, Overview, SubtaskInfo,
+    SubtaskMetricsInfo, TaskManagerInfo, TaskState, VertexInfo,
 };
 use tokio::time::Instant;
 
@@ -178,6 +178,13 @@ pub fn detail(job: &JobRecord, registry: &Registry, now_ms: i64) -> JobDetail {
                             .map(|s| s.metrics.backpressure)
                             .fold(0.0, f64::max),
                         busy: subtasks.iter().map(|s| s.metrics.busy).fold(0.0, f64::max),
+                        latency: LatencyInfo::from_buckets(&subtasks.iter().fold(
+                            Vec::new(),
+                            |mut all, s| {
+                                eddy_sdk::latency::merge(&mut all, &s.metrics.latency_buckets);
+                                all
+                            },
+                        )),
                         subtasks,
                     }
                 })

@@ -56,6 +56,7 @@ pub fn metrics(m: Option<&pb::SubtaskMetrics>) -> SubtaskMetricsInfo {
         busy: ratio(m.busy_ms_per_sec),
         watermark_ms: (m.watermark_ms != i64::MIN).then_some(m.watermark_ms),
         late_records_dropped: m.late_records_dropped,
+        latency_buckets: m.latency_buckets.clone(),
     }
 }
 

@@ -5,6 +5,8 @@
 //! Exit codes: 0 success, 1 a local failure (unreadable file, no server), and
 //! the error table's code for errors the server reports (see `ErrorCode::exit_code`).
 
+mod bench;
+mod cluster;
 mod local;
 mod render;
 
@@ -56,6 +58,9 @@ enum Command {
     Taskmanagers,
     /// Run a JobManager and TaskManagers on this machine as separate processes.
     Local(local::LocalArgs),
+    /// Run the Nexmark suite on a local cluster and report throughput,
+    /// CPU, memory, network and latency per query.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -147,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Local(args) => local::run(args).await?,
+        Command::Bench(args) => bench::run(args).await?,
     }
     Ok(())
 }

@@ -150,6 +150,7 @@ impl RemoteSender {
                 (Kind::ArrowIpc(bytes), size)
             }
             Element::Watermark(wm) => (Kind::WatermarkMs(wm), 0),
+            Element::LatencyMarker(stamp) => (Kind::LatencyMarkerUnixNs(stamp), 0),
             Element::EndOfStream => (Kind::EndOfStream(pb::EndOfStream {}), 0),
         };
         self.acquire_credit(metrics).await?;

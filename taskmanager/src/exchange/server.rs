@@ -153,6 +153,7 @@ async fn pump(
                 }
             }
             Some(Kind::WatermarkMs(wm)) => Element::Watermark(wm),
+            Some(Kind::LatencyMarkerUnixNs(stamp)) => Element::LatencyMarker(stamp),
             Some(Kind::EndOfStream(_)) => Element::EndOfStream,
             Some(Kind::Header(_)) => {
                 let reason = "a channel header after the first frame";

@@ -13,6 +13,7 @@
 //! 50 ms, so a slow stream still has low latency.
 
 use super::TaskContext;
+use super::pacing::{LatencyMarks, Pacing};
 use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringBuilder, TimestampMillisecondArray,
 };
@@ -26,13 +27,6 @@ use std::time::{Duration, Instant};
 
 /// Rows per batch when the spec does not say.
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
-/// With a rate, a batch leaves at least this often.
-const MAX_LINGER: Duration = Duration::from_millis(50);
-/// A paced source catches up at most this much time after a stall
-/// (backpressure), instead of bursting everything it missed.
-const MAX_BURST: Duration = Duration::from_millis(100);
-/// Longest idle reported at once, so the runtime looks at the task regularly.
-const MAX_IDLE: Duration = Duration::from_millis(100);
 
 /// How one column's values follow from the global row number.
 #[derive(Clone, Debug)]
@@ -81,6 +75,7 @@ pub struct Datagen {
     total: Option<u64>,
     batch_size: usize,
     pacing: Option<Pacing>,
+    marks: Option<LatencyMarks>,
 }
 
 impl Datagen {
@@ -116,6 +111,7 @@ impl Datagen {
             total,
             batch_size,
             pacing,
+            marks: LatencyMarks::new(ctx.latency_interval, Instant::now()),
         }
     }
 
@@ -205,50 +201,14 @@ impl Source for Datagen {
         let batch = self.generate(n)?;
         self.next += n as u64;
         out.batch(batch);
+        if let Some(marks) = &mut self.marks {
+            let age = self
+                .pacing
+                .as_ref()
+                .map_or(Duration::ZERO, Pacing::backlog_age);
+            marks.after_batch(age, Instant::now(), out);
+        }
         Ok(SourcePoll::Ready)
-    }
-}
-
-/// A token bucket: tokens accrue at `rate` per second, up to `MAX_BURST`
-/// worth; a batch goes out once a linger's worth of tokens (or the rest of a
-/// bounded input) is there.
-#[derive(Debug)]
-pub(crate) struct Pacing {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-    /// Rows per batch at this rate: what `MAX_LINGER` accrues, at least 1.
-    target: usize,
-    cap: f64,
-}
-
-impl Pacing {
-    pub(crate) fn new(rate: f64, batch_size: usize, now: Instant) -> Self {
-        let target = ((rate * MAX_LINGER.as_secs_f64()).ceil() as usize).clamp(1, batch_size);
-        let cap = (rate * MAX_BURST.as_secs_f64()).max(2.0 * target as f64);
-        Pacing {
-            rate,
-            tokens: 0.0,
-            last: now,
-            target,
-            cap,
-        }
-    }
-
-    /// How many rows (at most `limit`) may go out now, or how long to wait.
-    pub(crate) fn take(&mut self, limit: usize, now: Instant) -> Result<usize, Duration> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.cap);
-        let want = self.target.min(limit);
-        if self.tokens >= want as f64 {
-            let n = (self.tokens.floor() as usize).min(limit);
-            self.tokens -= n as f64;
-            Ok(n)
-        } else {
-            let wait = Duration::from_secs_f64((want as f64 - self.tokens) / self.rate);
-            Err(wait.clamp(Duration::from_millis(1), MAX_IDLE))
-        }
     }
 }
 

@@ -41,6 +41,7 @@ fn source(spec: &JobSpec, subtask: u32, parallelism: u32) -> Datagen {
         subtask,
         parallelism,
         max_parallelism: 128,
+        latency_interval: None,
     };
     Datagen::new(&spec.nodes[0].id, d, schema, &ctx)
 }
@@ -150,39 +151,6 @@ fn datagen_with_rate_is_idle_before_tokens_accrue() {
     let mut c = Collector::new();
     assert!(matches!(s.poll(&mut c).unwrap(), SourcePoll::Idle(d) if d > Duration::ZERO));
     assert!(c.is_empty());
-}
-
-#[test]
-fn pacing_emits_small_batches_at_the_rate() {
-    let t0 = Instant::now();
-    // 100 rows/s: 5 rows accrue per 50 ms linger.
-    let mut p = Pacing::new(100.0, 8192, t0);
-    assert_eq!(p.target, 5);
-    assert!(p.take(8192, t0).is_err());
-    assert!(
-        p.take(8192, t0 + Duration::from_millis(30)).is_err(),
-        "3 tokens are not a batch yet"
-    );
-    assert_eq!(p.take(8192, t0 + Duration::from_millis(60)), Ok(6));
-    // A long stall catches up at most MAX_BURST worth (10 rows at this rate).
-    assert_eq!(p.take(8192, t0 + Duration::from_secs(60)), Ok(10));
-    // The end of a bounded input does not wait for a full batch.
-    assert_eq!(
-        p.take(2, t0 + Duration::from_secs(60) + Duration::from_millis(20)),
-        Ok(2)
-    );
-}
-
-#[test]
-fn pacing_high_rate_uses_full_batches() {
-    let t0 = Instant::now();
-    let mut p = Pacing::new(1_000_000.0, 8192, t0);
-    assert_eq!(p.target, 8192);
-    assert_eq!(p.take(8192, t0 + Duration::from_millis(10)), Ok(8192));
-    assert!(
-        p.take(8192, t0 + Duration::from_millis(10)).is_err(),
-        "1808 tokens left are not a batch"
-    );
 }
 
 /// A sub-millisecond step keeps its precision: `step: 10us` advances event time

@@ -32,6 +32,7 @@ impl OperatorHarness {
                         op.on_end(&mut c)?;
                         c.push(Element::EndOfStream);
                     }
+                    marker @ Element::LatencyMarker(_) => c.push(marker),
                 }
                 next.extend(c.drain());
             }

@@ -12,6 +12,7 @@
 pub mod datagen;
 pub mod filter;
 pub mod nexmark;
+pub(crate) mod pacing;
 pub mod project;
 pub mod sink;
 pub mod top_n;
@@ -41,6 +42,8 @@ pub struct TaskContext {
     pub parallelism: u32,
     /// The job's number of key groups.
     pub max_parallelism: u32,
+    /// Sources send a latency marker this often (`None`: never).
+    pub latency_interval: Option<std::time::Duration>,
 }
 
 /// The operators of one subtask, in chain order.

@@ -33,6 +33,7 @@ fn ctx(vertex: u32) -> TaskContext {
         subtask: 0,
         parallelism: 1,
         max_parallelism: 128,
+        latency_interval: None,
     }
 }
 

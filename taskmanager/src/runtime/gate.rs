@@ -125,6 +125,8 @@ impl InputGate {
             };
             match item {
                 Some(Ok(Element::Batch(b))) => return Ok(Element::Batch(b)),
+                // Markers are never aligned: they measure the queues as they are.
+                Some(Ok(marker @ Element::LatencyMarker(_))) => return Ok(marker),
                 Some(Ok(Element::Watermark(wm))) => {
                     if let Some(wm) = self.state.on_watermark(ch, wm) {
                         return Ok(Element::Watermark(wm));

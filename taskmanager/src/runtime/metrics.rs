@@ -17,6 +17,8 @@ pub struct SubtaskMetrics {
     /// The last watermark the chain emitted (`i64::MIN` before the first).
     pub watermark: AtomicI64,
     pub late_records_dropped: AtomicU64,
+    /// Ages of the latency markers that reached this subtask as a sink.
+    pub latency: eddy_sdk::latency::Histogram,
     /// Total time blocked waiting for output credit, in nanoseconds.
     backpressured_ns: AtomicU64,
     /// Total time spent processing, in nanoseconds.
@@ -38,6 +40,7 @@ impl Default for SubtaskMetrics {
             bytes_out: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             late_records_dropped: AtomicU64::new(0),
+            latency: eddy_sdk::latency::Histogram::default(),
             backpressured_ns: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             backpressured_ms_per_sec: AtomicU32::new(0),
@@ -96,6 +99,7 @@ impl SubtaskMetrics {
             busy_ms_per_sec: self.busy_ms_per_sec.load(Relaxed),
             watermark_ms: self.watermark.load(Relaxed),
             late_records_dropped: self.late_records_dropped.load(Relaxed),
+            latency_buckets: self.latency.counts(),
         }
     }
 }

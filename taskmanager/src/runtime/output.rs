@@ -1,6 +1,8 @@
 //! The outputs of a subtask: one [`EdgeOutput`] per outgoing edge, each a
 //! partitioner over that edge's channels. Batches are routed; watermarks and
-//! the end of stream are broadcast to every channel of every edge.
+//! the end of stream are broadcast to every channel of every edge; a latency
+//! marker goes to one channel of each edge, round-robin (broadcasting would
+//! multiply markers by the parallelism at every shuffle).
 
 use super::Error;
 use crate::exchange::OutputChannel;
@@ -91,6 +93,18 @@ impl Partitioner {
 pub struct EdgeOutput {
     pub partitioner: Partitioner,
     pub channels: Vec<OutputChannel>,
+    /// The channel the next latency marker goes to.
+    pub next_marker: usize,
+}
+
+impl EdgeOutput {
+    pub fn new(partitioner: Partitioner, channels: Vec<OutputChannel>) -> Self {
+        EdgeOutput {
+            partitioner,
+            channels,
+            next_marker: 0,
+        }
+    }
 }
 
 /// All outputs of a subtask (none for a sink vertex: elements are dropped).
@@ -124,6 +138,15 @@ impl Outputs {
                             .get_mut(target)
                             .ok_or(Error::Route { target })?;
                         channel.send(Element::Batch(piece), metrics).await?;
+                    }
+                }
+            }
+            Element::LatencyMarker(stamp) => {
+                for edge in &mut self.edges {
+                    let n = edge.channels.len();
+                    if let Some(channel) = edge.channels.get_mut(edge.next_marker % n.max(1)) {
+                        edge.next_marker = (edge.next_marker + 1) % n;
+                        channel.send(Element::LatencyMarker(stamp), metrics).await?;
                     }
                 }
             }
@@ -258,14 +281,8 @@ mod tests {
         let (a1, mut ra1) = local(1, 4);
         let (b0, mut rb0) = local(0, 4);
         let mut outputs = Outputs::new(vec![
-            EdgeOutput {
-                partitioner: hash_partitioner(),
-                channels: vec![a0, a1],
-            },
-            EdgeOutput {
-                partitioner: Partitioner::Forward,
-                channels: vec![b0],
-            },
+            EdgeOutput::new(hash_partitioner(), vec![a0, a1]),
+            EdgeOutput::new(Partitioner::Forward, vec![b0]),
         ]);
         let m = crate::runtime::metrics::SubtaskMetrics::default();
         outputs.emit(Element::Watermark(7), &m).await.unwrap();
@@ -287,14 +304,8 @@ mod tests {
         let (a0, mut ra0) = local(0, 4);
         let (b0, mut rb0) = local(0, 4);
         let mut outputs = Outputs::new(vec![
-            EdgeOutput {
-                partitioner: Partitioner::Forward,
-                channels: vec![a0],
-            },
-            EdgeOutput {
-                partitioner: Partitioner::Rebalance { next: 0 },
-                channels: vec![b0],
-            },
+            EdgeOutput::new(Partitioner::Forward, vec![a0]),
+            EdgeOutput::new(Partitioner::Rebalance { next: 0 }, vec![b0]),
         ]);
         let m = crate::runtime::metrics::SubtaskMetrics::default();
         outputs.emit(Element::Batch(batch(5)), &m).await.unwrap();

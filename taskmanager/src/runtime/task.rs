@@ -42,6 +42,16 @@ impl Subtask {
                 let mut out = Collector::new();
                 let poll = source.poll(&mut out)?;
                 let produced: Vec<Element> = out.drain().collect();
+                // A source vertex's records in are the rows its source
+                // produced: the input of its chain.
+                let rows: usize = produced
+                    .iter()
+                    .map(|e| match e {
+                        Element::Batch(b) => b.num_rows(),
+                        _ => 0,
+                    })
+                    .sum();
+                driver.metrics.records_in.fetch_add(rows as u64, Relaxed);
                 for e in produced {
                     driver.process(e).await?;
                 }
@@ -107,7 +117,10 @@ impl Driver {
                         .fetch_add(b.num_rows() as u64, Relaxed);
                 }
                 Element::Watermark(wm) => self.metrics.watermark.store(*wm, Relaxed),
-                Element::EndOfStream => {}
+                Element::LatencyMarker(stamp) if self.outputs.is_empty() => {
+                    self.metrics.latency.observe_us(age_us(*stamp));
+                }
+                Element::LatencyMarker(_) | Element::EndOfStream => {}
             }
             if !self.outputs.is_empty() {
                 self.outputs.emit(e, &self.metrics).await?;
@@ -149,11 +162,21 @@ pub(crate) fn run_chain(
                     op.on_end(&mut out)?;
                     out.push(Element::EndOfStream);
                 }
+                marker @ Element::LatencyMarker(_) => out.push(marker),
             }
         }
         current.extend(out.drain());
     }
     Ok(current)
+}
+
+/// Microseconds from a marker's stamp (unix ns) to now; 0 if the clock says
+/// the marker is from the future (another host's clock ahead of this one).
+fn age_us(stamp_unix_ns: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    u64::try_from(now.saturating_sub(stamp_unix_ns) / 1000).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -200,6 +223,7 @@ mod tests {
             .map(|e| match e {
                 Element::Batch(_) => "b",
                 Element::Watermark(_) => "w",
+                Element::LatencyMarker(_) => "m",
                 Element::EndOfStream => "end",
             })
             .collect();
@@ -244,10 +268,10 @@ mod tests {
             to_vertex: eddy_sdk::ids::VertexId(1),
             to_index: 0,
         };
-        let edge = crate::runtime::EdgeOutput {
-            partitioner: crate::runtime::Partitioner::Forward,
-            channels: vec![crate::exchange::OutputChannel::Local { key, queue }],
-        };
+        let edge = crate::runtime::EdgeOutput::new(
+            crate::runtime::Partitioner::Forward,
+            vec![crate::exchange::OutputChannel::Local { key, queue }],
+        );
         let chain = Chain {
             source: Some(Box::new(Bounded(3))),
             operators,
@@ -272,6 +296,7 @@ mod tests {
             kinds.push(match item.unwrap() {
                 Element::Batch(b) => format!("b{}", b.num_rows()),
                 Element::Watermark(wm) => format!("w{}", wm == i64::MAX),
+                Element::LatencyMarker(_) => "m".into(),
                 Element::EndOfStream => "end".into(),
             });
         }
@@ -281,6 +306,11 @@ mod tests {
             ["b2", "b2", "b2", "b2", "b2", "b2", "wtrue", "b1", "end"]
         );
         assert_eq!(metrics.records_out.load(Relaxed), 13);
+        assert_eq!(
+            metrics.records_in.load(Relaxed),
+            6,
+            "a source vertex counts its source's rows in"
+        );
         assert_eq!(metrics.watermark.load(Relaxed), i64::MAX);
     }
 

@@ -15,14 +15,15 @@
 mod columns;
 
 use super::TaskContext;
-use super::datagen::{DEFAULT_BATCH_SIZE, Pacing};
+use super::datagen::DEFAULT_BATCH_SIZE;
+use super::pacing::{LatencyMarks, Pacing};
 use arrow::datatypes::SchemaRef;
 use columns::Columns;
 use eddy_sdk::ids::NodeId;
 use eddy_sdk::nexmark::{EventType, Generator};
 use eddy_sdk::operator::{Collector, OperatorError, Source, SourcePoll};
 use eddy_sdk::spec::NexmarkSpec;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Nexmark {
     node: NodeId,
@@ -38,6 +39,7 @@ pub struct Nexmark {
     total: Option<u64>,
     batch_size: usize,
     pacing: Option<Pacing>,
+    marks: Option<LatencyMarks>,
 }
 
 impl Nexmark {
@@ -78,6 +80,7 @@ impl Nexmark {
             total,
             batch_size,
             pacing,
+            marks: LatencyMarks::new(ctx.latency_interval, Instant::now()),
         }
     }
 }
@@ -123,6 +126,13 @@ impl Source for Nexmark {
                     ))
                 })?;
             out.batch(batch);
+            if let Some(marks) = &mut self.marks {
+                let age = self
+                    .pacing
+                    .as_ref()
+                    .map_or(Duration::ZERO, Pacing::backlog_age);
+                marks.after_batch(age, Instant::now(), out);
+            }
         }
         Ok(SourcePoll::Ready)
     }

@@ -18,6 +18,7 @@ fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
         subtask,
         parallelism,
         max_parallelism: 128,
+        latency_interval: None,
     }
 }
 

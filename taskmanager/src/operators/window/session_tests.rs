@@ -82,6 +82,7 @@ fn ctx() -> TaskContext {
         subtask: 0,
         parallelism: 1,
         max_parallelism: 128,
+        latency_interval: None,
     }
 }
 

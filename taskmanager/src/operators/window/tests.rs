@@ -99,6 +99,7 @@ fn ctx() -> TaskContext {
         subtask: 0,
         parallelism: 1,
         max_parallelism: 128,
+        latency_interval: None,
     }
 }
 

@@ -1,0 +1,355 @@
+//! `eddy bench`: the Nexmark suite on a local cluster of real processes.
+//!
+//! Starts one JobManager and one TaskManager per slot needed (one slot each,
+//! so parallelism 2 crosses process boundaries), then runs every query at
+//! every parallelism flat out over a fixed number of events, measuring:
+//!
+//! * throughput: events over the JobManager's RUNNING-to-FINISHED time;
+//! * CPU seconds of all TaskManagers per million events (`/proc`);
+//! * each TaskManager's peak RSS during the run (reset between runs);
+//! * bytes sent over remote channels (TaskManager to TaskManager);
+//!
+//! and then, per query, a separate run paced at a fixed rate below capacity
+//! whose sink records the ages of latency markers (p50/p99).
+//!
+//! Results go to `<out>/results.json` and `<out>/results.md`. `--quick` is the
+//! CI mode: few events, parallelism 2, every query's output written to
+//! `<out>/output/<query>-p<p>/` for the correctness check in the test suite.
+
+mod procstat;
+mod queries;
+mod report;
+
+use super::cluster::{LocalCluster, Options, default_bin_dir};
+use crate::client::Client;
+use crate::rest::{JobDetail, JobState};
+use anyhow::{Context, bail};
+use queries::{Query, Run};
+use report::{LatencyRun, Report, ThroughputRun};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Events per throughput run (all three Nexmark types counted).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Parallelisms to run each query at.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    parallelism: Vec<u32>,
+    /// Queries to run (default: all of q0 q1 q2 q5 q11 q12).
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<String>,
+    /// CI mode: 200 000 events at 1 000 events per second of event time (so
+    /// bidders have several sessions and windows), parallelism 2, 2 s latency
+    /// runs, results written to files for checking.
+    #[arg(long)]
+    quick: bool,
+    /// Pace of the latency runs, events per second over all subtasks.
+    #[arg(long, default_value_t = 100_000.0)]
+    latency_rate: f64,
+    /// Length of each latency run, in seconds of wall time (0: no latency runs).
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
+    /// Parallelism of the latency runs.
+    #[arg(long, default_value_t = 2)]
+    latency_parallelism: u32,
+    /// Write every throughput run's results as JSON lines under `<out>/output/`.
+    #[arg(long)]
+    write_output: bool,
+    /// Where results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Memory of one KPU (e.g. `1GiB`); the TaskManager's default otherwise.
+    #[arg(long)]
+    kpu_memory: Option<String>,
+    /// Where `eddy-jobmanager` and `eddy-taskmanager` are (default: next to `eddy`).
+    #[arg(long, env = "EDDY_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+/// The quick mode's settings.
+const QUICK_EVENTS: u64 = 200_000;
+const QUICK_LATENCY_SECONDS: f64 = 2.0;
+/// At Nexmark's 10 000 events/s of event time a bidder is active for ~5 s,
+/// so no bidder ever has two 10 s-gap sessions; 1 000 makes them common.
+const QUICK_EVENT_TIME_RATE: f64 = 1_000.0;
+/// Latency markers per source subtask per second in the latency runs: enough
+/// samples for a p99 in a few seconds, still nothing next to the data.
+const MARKER_INTERVAL: &str = "10ms";
+
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.quick {
+        args.events = QUICK_EVENTS;
+        args.parallelism = vec![2];
+        args.latency_seconds = args.latency_seconds.min(QUICK_LATENCY_SECONDS);
+        args.write_output = true;
+    }
+    if args.parallelism.is_empty() || args.parallelism.contains(&0) {
+        bail!("--parallelism takes positive numbers");
+    }
+    if args.events == 0 {
+        bail!("--events must be positive");
+    }
+    let queries = queries::select(&args.queries)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let slots = args
+        .parallelism
+        .iter()
+        .copied()
+        .chain([args.latency_parallelism])
+        .max()
+        .unwrap_or(1);
+    let opts = Options {
+        taskmanagers: slots,
+        slots: 1,
+        kpu_memory: args.kpu_memory.clone(),
+        rest_port: 0,
+        data_dir: out.join("cluster"),
+        bin_dir: match &args.bin_dir {
+            Some(d) => d.clone(),
+            None => default_bin_dir()?,
+        },
+        heartbeat_timeout: "10s".into(),
+        taskmanager_env: vec![(
+            "EDDY_LATENCY_MARKER_INTERVAL".into(),
+            MARKER_INTERVAL.into(),
+        )],
+    };
+    let _ = std::fs::remove_dir_all(&opts.data_dir);
+    eprintln!(
+        "starting a local cluster: 1 JobManager, {slots} TaskManagers x 1 slot (logs in {})",
+        opts.data_dir.display()
+    );
+    let mut cluster = LocalCluster::start(&opts).await?;
+    let result = run_suite(&args, &queries, &out, &mut cluster).await;
+    cluster.stop().await;
+    let report = result?;
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let md = out.join("results.md");
+    let table = report.markdown();
+    std::fs::write(&md, &table)?;
+    println!("{table}");
+    println!("results: {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+async fn run_suite(
+    args: &BenchArgs,
+    queries: &[&'static Query],
+    out: &Path,
+    cluster: &mut LocalCluster,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        commit: commit(),
+        machine: report::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        runs: Vec::new(),
+        latency: Vec::new(),
+    };
+    let total = queries.len() * args.parallelism.len();
+    let mut n = 0;
+    for q in queries {
+        for &p in &args.parallelism {
+            n += 1;
+            let label = format!("[{n}/{total}] {} p={p}", q.name);
+            let output = args
+                .write_output
+                .then(|| out.join("output").join(format!("{}-p{p}", q.name)));
+            if let Some(dir) = &output {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let run = Run {
+                parallelism: p,
+                events: args.events,
+                rate: None,
+                event_time_rate: args.quick.then_some(QUICK_EVENT_TIME_RATE),
+                output: output.as_deref(),
+            };
+            let r = throughput(cluster, q, &run, &label).await?;
+            report.runs.push(r);
+        }
+    }
+    if args.latency_seconds > 0.0 {
+        for (i, q) in queries.iter().enumerate() {
+            let label = format!(
+                "[latency {}/{}] {} p={} at {} events/s",
+                i + 1,
+                queries.len(),
+                q.name,
+                args.latency_parallelism,
+                args.latency_rate
+            );
+            let l = latency(cluster, q, args, &label).await?;
+            report.latency.push(l);
+        }
+    }
+    Ok(report)
+}
+
+async fn throughput(
+    cluster: &mut LocalCluster,
+    query: &Query,
+    run: &Run<'_>,
+    label: &str,
+) -> anyhow::Result<ThroughputRun> {
+    let spec = query.spec(run)?;
+    let pids: Vec<u32> = cluster
+        .taskmanagers()
+        .iter()
+        .filter_map(|p| p.pid())
+        .collect();
+    for &pid in &pids {
+        procstat::reset_peak_rss(pid);
+    }
+    let cpu_before: f64 = pids.iter().filter_map(|&p| procstat::cpu_seconds(p)).sum();
+    let detail = run_job(cluster, &spec, label, run.events).await?;
+    let cpu_after: f64 = pids.iter().filter_map(|&p| procstat::cpu_seconds(p)).sum();
+    let seconds = job_seconds(&detail)?;
+    let events = run.events as f64;
+    let subtasks = || detail.vertices.iter().flat_map(|v| &v.subtasks);
+    Ok(ThroughputRun {
+        query: query.name.into(),
+        parallelism: run.parallelism,
+        job_id: detail.id.clone(),
+        events: run.events,
+        source_rows: detail.vertices.first().map_or(0, |v| v.records_in),
+        sink_rows: detail.vertices.last().map_or(0, |v| v.records_in),
+        seconds,
+        events_per_second: events / seconds,
+        events_per_second_per_slot: events / seconds / f64::from(run.parallelism),
+        cpu_seconds_per_million_events: (cpu_after - cpu_before) / (events / 1e6),
+        peak_rss_bytes: pids
+            .iter()
+            .map(|&p| procstat::peak_rss_bytes(p).unwrap_or(0))
+            .collect(),
+        bytes_between_taskmanagers: subtasks().map(|s| s.metrics.bytes_out).sum(),
+        late_records_dropped: subtasks().map(|s| s.metrics.late_records_dropped).sum(),
+        output_dir: run.output.map(|d| d.display().to_string()),
+        spec: serde_json::to_value(&spec)?,
+    })
+}
+
+async fn latency(
+    cluster: &mut LocalCluster,
+    query: &Query,
+    args: &BenchArgs,
+    label: &str,
+) -> anyhow::Result<LatencyRun> {
+    let events = (args.latency_rate * args.latency_seconds).round().max(1.0) as u64;
+    let run = Run {
+        parallelism: args.latency_parallelism,
+        events,
+        rate: Some(args.latency_rate),
+        event_time_rate: None,
+        output: None,
+    };
+    let spec = query.spec(&run)?;
+    let detail = run_job(cluster, &spec, label, events).await?;
+    let sink = detail
+        .vertices
+        .iter()
+        .rev()
+        .find_map(|v| v.latency.clone())
+        .with_context(|| {
+            format!(
+                "{}: no latency marker reached the sink of job {}",
+                query.name, detail.id
+            )
+        })?;
+    Ok(LatencyRun {
+        query: query.name.into(),
+        parallelism: run.parallelism,
+        events_per_second: args.latency_rate,
+        seconds: job_seconds(&detail)?,
+        samples: sink.samples,
+        p50_ms: sink.p50_ms,
+        p99_ms: sink.p99_ms,
+    })
+}
+
+/// Submits `spec`, shows progress until the job ends, and returns its final
+/// detail; a job that does not finish is an error with its failure.
+async fn run_job(
+    cluster: &mut LocalCluster,
+    spec: &crate::spec::JobSpec,
+    label: &str,
+    events: u64,
+) -> anyhow::Result<JobDetail> {
+    let client: Client = cluster.client();
+    let job = client.submit(&spec.to_json()).await?.job_id;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_line = Instant::now();
+    loop {
+        cluster.check_alive()?;
+        let detail = client.job(&job).await?;
+        let rows = detail.vertices.first().map_or(0, |v| v.records_in);
+        let line = format!(
+            "{label}: {} {:.1}M source rows ({:.0}% of {:.1}M events) {:.0}s",
+            detail.state,
+            rows as f64 / 1e6,
+            // Bids are 46 of every 50 events; the other queries' tables are not run.
+            100.0 * rows as f64 / (events as f64 * 0.92),
+            events as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+        match detail.state {
+            JobState::Finished => {
+                eprintln!("{}{line}", if tty { "\r\x1b[2K" } else { "" });
+                return Ok(detail);
+            }
+            JobState::Failed | JobState::Canceled => {
+                eprintln!();
+                let why = detail
+                    .failure
+                    .as_ref()
+                    .map_or_else(|| "no failure recorded".into(), |f| f.chain.join(": "));
+                bail!("{label}: job {job} ended {}: {why}", detail.state);
+            }
+            _ if tty => eprint!("\r\x1b[2K{line}"),
+            // Without a terminal, a line every 10 s is enough for a log.
+            _ if last_line.elapsed() > Duration::from_secs(10) => {
+                eprintln!("{line}");
+                last_line = Instant::now();
+            }
+            _ => {}
+        }
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The JobManager's RUNNING-to-FINISHED time.
+fn job_seconds(d: &JobDetail) -> anyhow::Result<f64> {
+    let parse = |t: &Option<String>, what: &str| -> anyhow::Result<i64> {
+        let t = t
+            .as_deref()
+            .with_context(|| format!("job {} has no {what}", d.id))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(t)
+            .with_context(|| format!("job {} has a bad {what} {t:?}", d.id))?
+            .timestamp_millis())
+    };
+    let ms = parse(&d.end_time, "end time")? - parse(&d.start_time, "start time")?;
+    // A run shorter than the clock's resolution still took some time.
+    Ok((ms.max(1)) as f64 / 1000.0)
+}
+
+/// The commit being measured: `EDDY_COMMIT`, else `git` in the cwd.
+fn commit() -> Option<String> {
+    if let Ok(c) = std::env::var("EDDY_COMMIT") {
+        return Some(c);
+    }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod nexmark;
 pub(crate) mod pacing;
 pub mod project;
+pub mod prune;
 pub mod sink;
 pub mod top_n;
 pub mod watermark;
@@ -134,7 +135,15 @@ pub fn build_chain(
             NodeKind::Filter(f) => {
                 operators.push(Box::new(filter::Filter::new(id, &input()?, &f.predicate)?))
             }
-            NodeKind::Window(w) => operators.push(window::build(id, w, &input()?, ctx)?),
+            NodeKind::Window(w) => {
+                // The producer pruned what no window reads (`prune`).
+                let input_id = node
+                    .input
+                    .as_ref()
+                    .ok_or_else(|| plan_error(format!("node `{id}` has no input")))?;
+                let sent = prune::sent_schema(spec, input_id, input()?)?;
+                operators.push(window::build(id, w, &sent, ctx)?)
+            }
             NodeKind::TopN(t) => operators.push(Box::new(top_n::TopN::new(id, t, &input()?, ctx)?)),
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),
             NodeKind::Blackhole(b) => operators.push(Box::new(sink::Blackhole::new(b))),
@@ -144,7 +153,7 @@ pub fn build_chain(
         }
         output_schema = Some(output);
     }
-    let output_schema =
+    let mut output_schema =
         output_schema.ok_or_else(|| plan_error(format!("vertex {} has no nodes", vertex.id)))?;
     if let Some(wm) = &vertex.watermark {
         operators.push(Box::new(watermark::WatermarkAssigner::new(
@@ -152,6 +161,12 @@ pub fn build_chain(
             &wm.column,
             wm.max_out_of_orderness_ms,
         )?));
+    }
+    if let Some(last) = vertex.nodes.last()
+        && let Some((indices, schema)) = prune::pruned(spec, last, &output_schema)?
+    {
+        output_schema = std::sync::Arc::clone(&schema);
+        operators.push(Box::new(prune::Prune::new(indices, schema)));
     }
     tracing::debug!(
         job_id = %ctx.job_id,

@@ -29,7 +29,7 @@ mod ttl;
 #[cfg(test)]
 mod tests;
 
-use crate::state::manifest::SubtaskManifest;
+use crate::state::manifest::{BackendKind, SubtaskManifest};
 use crate::state::storage::CheckpointStorage;
 use eddy_sdk::checkpoint_layout::SavepointLayout;
 use eddy_sdk::ids::{CheckpointId, JobId, KeyGroup, NodeId, SubtaskIndex};
@@ -66,6 +66,18 @@ pub enum Error {
     Malformed { path: String, reason: String },
     #[error("snapshot {path} cannot be restored here: {reason}")]
     Incompatible { path: String, reason: String },
+}
+
+impl Error {
+    /// Whether the stored snapshot itself is unusable (corrupt, missing or
+    /// malformed files): the caller should fall back to an earlier one.
+    pub fn is_damaged_snapshot(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_damaged_snapshot(),
+            Error::Malformed { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A named state registered with a backend; cheap to copy, valid only for the
@@ -314,6 +326,38 @@ pub trait KeyedStateBackend: Send + std::fmt::Debug {
     /// The checkpoint was committed: its files become the base that later
     /// incremental snapshots reuse.
     fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId);
+}
+
+/// An empty backend of `kind` for `scope` (RocksDB instances go under `slot`).
+pub fn open(
+    kind: BackendKind,
+    slot: &rocksdb::RocksDbSlot,
+    scope: StateScope,
+    clock: Arc<dyn Clock>,
+) -> Result<Box<dyn KeyedStateBackend>> {
+    Ok(match kind {
+        BackendKind::Memory => Box::new(memory::MemoryBackend::new(scope, clock)),
+        BackendKind::Rocksdb => Box::new(slot.open(scope, clock)?),
+    })
+}
+
+/// A backend of `kind` for `scope`, holding the key groups of its range
+/// found in `manifests` (one node's snapshots from any parallelism, e.g. all
+/// of that node's manifests in a checkpoint's or savepoint's `_metadata`).
+pub async fn restore(
+    kind: BackendKind,
+    slot: &rocksdb::RocksDbSlot,
+    scope: StateScope,
+    clock: Arc<dyn Clock>,
+    storage: &CheckpointStorage,
+    manifests: &[SubtaskManifest],
+) -> Result<Box<dyn KeyedStateBackend>> {
+    Ok(match kind {
+        BackendKind::Memory => {
+            Box::new(memory::MemoryBackend::restore(scope, clock, storage, manifests).await?)
+        }
+        BackendKind::Rocksdb => Box::new(slot.restore(scope, clock, storage, manifests).await?),
+    })
 }
 
 /// The manifests among `manifests` that hold key groups in `range`: what a

@@ -355,7 +355,9 @@ impl CheckpointStorage {
 
     /// Reference counting of shared files, driven by manifests: deletes the
     /// job's shared files that `dropped` checkpoints referenced and no
-    /// `retained` one does. A checkpoint still being taken is safe: it only
+    /// `retained` one does. Pass the manifests of *every* node and subtask
+    /// of those checkpoints: after rescaling, several subtasks reference the
+    /// same restored files. A checkpoint still being taken is safe: it only
     /// reuses files of the latest completed checkpoint (always retained) and
     /// its new files are in no dropped manifest. Returns the deleted paths.
     pub async fn release_shared(

@@ -2,7 +2,6 @@
 //! restores at another parallelism, damaged snapshots, TTL, savepoints.
 #![allow(clippy::unwrap_used)]
 
-use super::memory::MemoryBackend;
 use super::rocksdb::RocksDbSlot;
 use super::storage::{self, CheckpointStorage};
 use super::*;
@@ -19,6 +18,15 @@ pub(crate) enum Kind {
 }
 
 pub(crate) const KINDS: [Kind; 2] = [Kind::Memory, Kind::RocksDb];
+
+impl Kind {
+    fn backend(self) -> BackendKind {
+        match self {
+            Kind::Memory => BackendKind::Memory,
+            Kind::RocksDb => BackendKind::Rocksdb,
+        }
+    }
+}
 
 /// A temp dir with local checkpoint storage, a RocksDB slot and a manual clock.
 pub(crate) struct Env {
@@ -46,10 +54,7 @@ impl Env {
     }
 
     pub fn open(&self, kind: Kind, scope: StateScope) -> Box<dyn KeyedStateBackend> {
-        match kind {
-            Kind::Memory => Box::new(MemoryBackend::new(scope, self.clock.clone())),
-            Kind::RocksDb => Box::new(self.slot.open(scope, self.clock.clone()).unwrap()),
-        }
+        super::open(kind.backend(), &self.slot, scope, self.clock.clone()).unwrap()
     }
 
     pub async fn restore_from(
@@ -59,16 +64,8 @@ impl Env {
         scope: StateScope,
         manifests: &[SubtaskManifest],
     ) -> Result<Box<dyn KeyedStateBackend>> {
-        Ok(match kind {
-            Kind::Memory => Box::new(
-                MemoryBackend::restore(scope, self.clock.clone(), storage, manifests).await?,
-            ),
-            Kind::RocksDb => Box::new(
-                self.slot
-                    .restore(scope, self.clock.clone(), storage, manifests)
-                    .await?,
-            ),
-        })
+        let clock = self.clock.clone();
+        super::restore(kind.backend(), &self.slot, scope, clock, storage, manifests).await
     }
 
     pub async fn restore(
@@ -292,6 +289,7 @@ async fn damaged_snapshot_reports_corrupt_or_missing_file_by_path() {
             other => panic!("{kind:?}: expected Corrupt, got {other:?}"),
         }
         assert!(err.to_string().contains(&file.path), "{err}");
+        assert!(err.is_damaged_snapshot());
 
         std::fs::remove_file(&local).unwrap();
         let err = env
@@ -435,4 +433,30 @@ async fn savepoint_survives_deletion_of_all_checkpoints() {
             }
         }
     }
+}
+
+/// A snapshot restores only into the backend that wrote it and only for the
+/// same number of key groups; both are typed errors, not damage.
+#[tokio::test]
+async fn restore_rejects_other_backend_and_other_max_parallelism() {
+    let env = Env::new();
+    let mut mem = vec![env.open(Kind::Memory, scope(1, 0))];
+    fill(&mut mem, 1, 50);
+    let manifests = snapshot_all(&env, &mut mem, 1).await;
+    let err = env
+        .restore(Kind::RocksDb, scope(1, 0), &manifests)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
+    assert!(!err.is_damaged_snapshot());
+    let mut other = scope(1, 0);
+    other.max_parallelism = 256;
+    other.key_groups = 0..256;
+    let err = env
+        .restore(Kind::Memory, other, &manifests)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Incompatible { ref reason, .. } if reason.contains("max_parallelism"))
+    );
 }

@@ -66,6 +66,20 @@ impl RocksDbSlot {
         }
     }
 
+    /// Removes every instance directory under the slot's directory: those
+    /// left by an earlier process (a killed TaskManager never dropped its
+    /// instances). Call it before opening any instance of this slot.
+    pub fn remove_leftovers(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io {
+                path: self.dir.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     pub fn memory_split(&self) -> MemorySplit {
         self.split
     }

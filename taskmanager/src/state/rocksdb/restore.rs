@@ -19,12 +19,15 @@ use crate::state::manifest::{BackendKind, SubtaskManifest};
 use crate::state::memory::check_compatible;
 use crate::state::storage::CheckpointStorage;
 use crate::state::{Clock, Error, Result, StateScope, overlapping};
+use futures::{StreamExt, TryStreamExt};
 use rocksdb::{DB, Options, WriteBatch};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Files downloaded at most this many at a time per snapshot.
+const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Write batches of copied entries are cut at about this many bytes.
 const COPY_BATCH_BYTES: usize = 4 << 20;
 
@@ -97,17 +100,24 @@ async fn download(storage: &CheckpointStorage, m: &SubtaskManifest, local: &Path
             path: local.display().to_string(),
             source,
         })?;
-    for f in &m.files {
-        if f.local_name.contains('/') || f.local_name.starts_with('.') {
-            return Err(Error::Malformed {
-                path: f.path.clone(),
-                reason: format!("bad local file name {:?}", f.local_name),
-            });
-        }
-        storage
-            .download_verified(&f.path, f.integrity, &local.join(&f.local_name))
-            .await?;
+    if let Some(f) = m
+        .files
+        .iter()
+        .find(|f| f.local_name.contains('/') || f.local_name.starts_with('.'))
+    {
+        return Err(Error::Malformed {
+            path: f.path.clone(),
+            reason: format!("bad local file name {:?}", f.local_name),
+        });
     }
+    futures::stream::iter(&m.files)
+        .map(|f| async move {
+            let dest = local.join(&f.local_name);
+            storage.download_verified(&f.path, f.integrity, &dest).await
+        })
+        .buffer_unordered(DOWNLOAD_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 

@@ -336,6 +336,16 @@ impl KeyedStateBackend for MemoryBackend {
 
     fn write(&mut self, batch: StateBatch) -> Result<()> {
         let now = self.clock.now_ms();
+        // All or nothing, as with RocksDB's write batches: check first.
+        for op in batch.ops() {
+            let (BatchOp::Put {
+                state, key_group, ..
+            }
+            | BatchOp::Delete {
+                state, key_group, ..
+            }) = op;
+            self.group(*state, *key_group)?;
+        }
         batch
             .into_ops()
             .into_iter()

@@ -186,6 +186,10 @@ impl StateBatch {
         self.ops.is_empty()
     }
 
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
     pub fn into_ops(self) -> Vec<BatchOp> {
         self.ops
     }

@@ -214,6 +214,16 @@ async fn backend_reads_its_writes_and_scans_by_prefix_and_key_group() {
             other.put(o, KeyGroup(100), b"k", b"v"),
             Err(Error::KeyGroupOutOfRange { key_group: 100, .. })
         ));
+        // A batch with one bad write applies none of its writes.
+        let mut batch = StateBatch::default();
+        batch.put(o, KeyGroup(1), b"first", b"v");
+        batch.put(o, KeyGroup(100), b"k", b"v");
+        assert!(other.write(batch).is_err());
+        assert_eq!(
+            other.get(o, KeyGroup(1), b"first").unwrap(),
+            None,
+            "{kind:?}"
+        );
     }
 }
 

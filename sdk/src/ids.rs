@@ -79,6 +79,17 @@ pub struct SlotIndex(pub u32);
 #[serde(transparent)]
 pub struct KeyGroup(pub u32);
 
+/// A checkpoint of one job: increases by one per triggered checkpoint, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CheckpointId(pub u64);
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// How many times a job's tasks have been deployed (0 for the first time).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

@@ -6,6 +6,7 @@
 //! (`plan`), and only the servers need the process plumbing (`server`).
 
 pub mod bytesize;
+pub mod checkpoint_layout;
 pub mod error;
 pub mod graph;
 pub mod ids;

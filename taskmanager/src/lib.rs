@@ -18,6 +18,7 @@ pub mod operators;
 pub mod rpc;
 pub mod runtime;
 pub mod slot;
+pub mod state;
 pub mod tasks;
 
 use crate::config::Config;

@@ -2,12 +2,17 @@
 //! JSON. Parsing names the node and field of every error; `validate` checks the
 //! graph's shape. Schema-level checks (columns, SQL) live in `plan`.
 
+mod checkpoint;
 mod duration;
 mod nexmark;
 mod parse;
 mod top_n;
 mod validate;
 
+pub use checkpoint::{
+    CheckpointDefaults, CheckpointSettings, CheckpointSpec, RestartSettings, RestartSpec,
+    StateBackendKind, validate_sections, validate_storage,
+};
 pub use duration::HumanDuration;
 pub use nexmark::{MAX_NEXMARK_COUNT, NexmarkSpec, NexmarkTable};
 pub use parse::{parse_json, parse_yaml_or_json};
@@ -30,6 +35,13 @@ pub struct JobSpec {
     /// Number of key groups keyed state is split into (the upper bound of parallelism).
     pub max_parallelism: u32,
     pub nodes: Vec<NodeSpec>,
+    /// Checkpoints are on when this section is present (absent fields take
+    /// the JobManager's defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
+    /// How the job restarts after a failure (absent: the JobManager's defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartSpec>,
 }
 
 /// One node of the DAG.

@@ -68,9 +68,11 @@ pub fn from_value(value: Value) -> Result<JobSpec, ApiError> {
         Some(_) => return Err(invalid("`nodes` must be a list").with_field("nodes")),
         None => return Err(invalid("missing field `nodes`").with_field("nodes")),
     };
+    let checkpoint = take_section(&mut obj, "checkpoint")?;
+    let restart = take_section(&mut obj, "restart")?;
     if let Some(field) = obj.keys().next() {
         return Err(invalid(format!(
-            "unknown field `{field}`; a job has `name`, `parallelism`, `max_parallelism`, `nodes`"
+            "unknown field `{field}`; a job has `name`, `parallelism`, `max_parallelism`, `nodes`, `checkpoint`, `restart`"
         ))
         .with_field(field.clone()));
     }
@@ -84,7 +86,48 @@ pub fn from_value(value: Value) -> Result<JobSpec, ApiError> {
         parallelism,
         max_parallelism,
         nodes,
+        checkpoint,
+        restart,
     })
+}
+
+/// Decodes a job-level section (`checkpoint`, `restart`); errors name the
+/// field as `<section>.<field>`.
+fn take_section<T: serde::de::DeserializeOwned>(
+    obj: &mut Map<String, Value>,
+    section: &str,
+) -> Result<Option<T>, ApiError> {
+    match obj.remove(section) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(fields)) => {
+            serde_json::from_value(Value::Object(fields.clone()))
+                .map(Some)
+                .map_err(|e| {
+                    // Every field of a section is optional, so decoding each on
+                    // its own finds the one at fault (serde's message does not
+                    // name it for a bad value).
+                    let culprit = fields.iter().find_map(|(k, v)| {
+                        let one = Map::from_iter([(k.clone(), v.clone())]);
+                        serde_json::from_value::<T>(Value::Object(one))
+                            .err()
+                            .map(|e| (k.clone(), e.to_string()))
+                    });
+                    let (field, msg) = culprit.unwrap_or_else(|| {
+                        let msg = e.to_string();
+                        (field_in_message(&msg).unwrap_or_default(), msg)
+                    });
+                    let field = if field.is_empty() {
+                        section.to_string()
+                    } else {
+                        format!("{section}.{field}")
+                    };
+                    invalid(format!("{field}: {msg}")).with_field(field)
+                })
+        }
+        Some(other) => {
+            Err(invalid(format!("`{section}` must be a mapping, got {other}")).with_field(section))
+        }
+    }
 }
 
 fn take_u32(

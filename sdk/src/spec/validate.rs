@@ -49,6 +49,7 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
         )
         .with_field("parallelism"));
     }
+    super::validate_sections(spec)?;
     if spec.nodes.is_empty() {
         return Err(
             ApiError::new(ErrorCode::InvalidSpec, "a job needs at least one node")

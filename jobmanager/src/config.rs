@@ -7,7 +7,7 @@
 //! hermetic; there is no global config.
 
 use eddy_sdk::server::config as layered;
-use eddy_sdk::spec::HumanDuration;
+use eddy_sdk::spec::{CheckpointDefaults, HumanDuration, RestartSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,10 @@ pub struct Config {
     pub heartbeat_timeout: HumanDuration,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Defaults of a job spec's `checkpoint:` section.
+    pub checkpoint: CheckpointDefaults,
+    /// Defaults of a job spec's `restart:` section.
+    pub restart: RestartSettings,
 }
 
 /// Command-line overrides, applied over every other layer.
@@ -114,6 +118,12 @@ impl Config {
                 self.heartbeat_timeout, self.heartbeat_interval
             )));
         }
+        self.checkpoint
+            .validate()
+            .map_err(|e| Error::Invalid(format!("checkpoint defaults: {}", e.message)))?;
+        self.restart
+            .validate()
+            .map_err(|e| Error::Invalid(format!("restart defaults: {}", e.message)))?;
         self.peer_map()?;
         Ok(())
     }
@@ -206,6 +216,35 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::Peer { .. })));
         c.peers = vec![];
         c.heartbeat_timeout = HumanDuration::from_millis(500);
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn load_checkpoint_and_restart_defaults_from_env() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.checkpoint.interval.0, std::time::Duration::from_secs(10));
+        assert_eq!(c.checkpoint.retained, 3);
+        assert_eq!(c.checkpoint.storage, None, "empty storage means none");
+        assert_eq!(c.restart.multiplier, 2.0);
+        let env = HashMap::from([
+            (
+                "EDDY_CHECKPOINT__STORAGE".to_string(),
+                "s3://b/chk".to_string(),
+            ),
+            ("EDDY_RESTART__MAX_BACKOFF".to_string(), "2m".to_string()),
+        ]);
+        let c = Config::load(None, &env, Overrides::default()).unwrap();
+        assert_eq!(c.checkpoint.storage.as_deref(), Some("s3://b/chk"));
+        assert_eq!(c.restart.max_backoff.0, std::time::Duration::from_secs(120));
+    }
+
+    #[test]
+    fn validate_bad_checkpoint_and_restart_defaults_are_rejected() {
+        let mut c = Config::defaults().unwrap();
+        c.checkpoint.retained = 0;
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+        let mut c = Config::defaults().unwrap();
+        c.restart.max_backoff = HumanDuration::from_millis(10);
         assert!(matches!(c.validate(), Err(Error::Invalid(_))));
     }
 }

@@ -5,8 +5,8 @@
 //! transition, stale attempt) is refused with a [`Rejection`] and changes
 //! nothing: the log may contain it, but every replica refuses it alike.
 
-use super::{ClusterState, Failure, FinalTask, JobRecord, Placement};
-use eddy_sdk::ids::{Attempt, JobId};
+use super::{ClusterState, CompletedCheckpoint, Failure, FinalTask, JobRecord, Placement};
+use eddy_sdk::ids::{Attempt, CheckpointId, JobId};
 use eddy_sdk::rest::JobState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -51,6 +51,18 @@ pub enum Command {
     CancelJob { id: JobId, time_ms: i64 },
     /// A JobManager announces its REST URL (when it becomes leader).
     SetJobManagerRestUrl { node: u64, url: String },
+    /// The leader may trigger checkpoints of `job` with ids up to `up_to`; a
+    /// later leader starts after it, so an id is never used twice.
+    ReserveCheckpointIds { job: JobId, up_to: CheckpointId },
+    /// Every expected subtask acknowledged the checkpoint: it is now what a
+    /// restart restores from (and sinks may commit).
+    CheckpointCompleted {
+        job: JobId,
+        checkpoint: CompletedCheckpoint,
+    },
+    /// Retention dropped these checkpoints (their files are deleted after
+    /// this applies). Savepoints are never removed.
+    CheckpointsDiscarded { job: JobId, ids: Vec<CheckpointId> },
 }
 
 /// Why a command was refused.
@@ -88,7 +100,7 @@ impl Response {
     }
 }
 
-fn reject(kind: RejectionKind, message: impl Into<String>) -> Response {
+pub(super) fn reject(kind: RejectionKind, message: impl Into<String>) -> Response {
     Response::Rejected(Rejection {
         kind,
         message: message.into(),
@@ -231,11 +243,18 @@ impl ClusterState {
                 self.jobmanager_rest_urls.insert(*node, url.clone());
                 Response::Applied
             }
+            Command::ReserveCheckpointIds { job, up_to } => {
+                self.reserve_checkpoint_ids(job, *up_to)
+            }
+            Command::CheckpointCompleted { job, checkpoint } => {
+                self.checkpoint_completed(job, checkpoint)
+            }
+            Command::CheckpointsDiscarded { job, ids } => self.checkpoints_discarded(job, ids),
         }
     }
 
     /// The job if it exists and is not terminal.
-    fn live_job(&mut self, id: &JobId) -> Result<&mut JobRecord, Response> {
+    pub(super) fn live_job(&mut self, id: &JobId) -> Result<&mut JobRecord, Response> {
         let job = self
             .jobs
             .get_mut(id)

@@ -9,8 +9,10 @@
 //! - only non-terminal jobs hold slots.
 
 mod apply;
+mod checkpoints;
 
 pub use apply::{Command, Rejection, RejectionKind, Response};
+pub use checkpoints::{CheckpointCatalog, CompletedCheckpoint, SnapshotEntry};
 
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
@@ -93,6 +95,9 @@ pub struct ClusterState {
     /// The REST URL each JobManager announced when it became leader, so a
     /// follower can redirect writes to the leader.
     pub jobmanager_rest_urls: BTreeMap<u64, String>,
+    /// Each job's checkpoint catalog (`checkpoints`).
+    #[serde(default)]
+    pub checkpoints: BTreeMap<JobId, CheckpointCatalog>,
 }
 
 impl ClusterState {

@@ -111,9 +111,15 @@ pub struct CheckpointDefaults {
     pub tolerable_failures: u32,
     /// `memory` or `rocksdb`.
     pub backend: StateBackendKind,
-    /// Where checkpoints go when a job names no storage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where checkpoints go when a job names no storage; empty means none
+    /// (so `EDDY_CHECKPOINT__STORAGE` can set it over the built-in default).
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub storage: Option<String>,
+}
+
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.filter(|s| !s.trim().is_empty()))
 }
 
 /// A job's checkpoint settings, every field decided.

@@ -15,6 +15,7 @@
 //! [`JobManager::start`] returns a handle with the bound addresses, so tests
 //! run the whole process in-process; [`run`] is what `main` calls.
 
+pub mod checkpoint;
 pub mod cluster_state;
 pub mod config;
 pub mod context;

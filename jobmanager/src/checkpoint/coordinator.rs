@@ -1,0 +1,510 @@
+//! The checkpoint coordinator of one job: a pure state machine. The leader's
+//! driver feeds it events (ticks, acknowledgements, declines, Raft commits,
+//! restarts) with an explicit wall-clock `now` in milliseconds, and carries
+//! out the [`Action`]s it returns (RPCs to TaskManagers, Raft proposals,
+//! object-store deletes). It does no I/O and reads no clock.
+//!
+//! Invariants (property-tested in `coordinator_tests.rs`):
+//! - at most one checkpoint is pending (triggered and not yet committed or
+//!   failed), savepoints included;
+//! - ids strictly increase and are never reused: they come from blocks
+//!   reserved through Raft ([`Action::ReserveIds`]), and a new coordinator
+//!   starts after the catalog's reservation;
+//! - [`Action::Commit`] is returned only once every expected subtask acked;
+//! - after each commit, exactly `retained` checkpoints stay (savepoints are
+//!   never discarded), and the newest one is never discarded.
+
+use super::stats::{Entry, Restored, Stats, Status};
+use crate::cluster_state::{CheckpointCatalog, CompletedCheckpoint, SnapshotEntry};
+use eddy_sdk::ids::{CheckpointId, JobId, NodeId, SubtaskIndex, VertexId};
+use eddy_sdk::spec::CheckpointSettings;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// How many ids one Raft reservation covers.
+pub const ID_BLOCK: u64 = 100;
+
+/// One subtask of the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubtaskKey {
+    pub vertex: VertexId,
+    pub index: SubtaskIndex,
+}
+
+/// The subtasks that must acknowledge each checkpoint, and the stateful
+/// operators (nodes) each vertex runs: an ack must carry a snapshot of each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Every vertex with its parallelism and its stateful nodes.
+    pub vertices: BTreeMap<VertexId, VertexInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VertexInfo {
+    pub parallelism: u32,
+    pub stateful_nodes: BTreeSet<NodeId>,
+}
+
+impl Topology {
+    fn subtasks(&self) -> BTreeSet<SubtaskKey> {
+        self.vertices
+            .iter()
+            .flat_map(|(v, info)| {
+                (0..info.parallelism).map(|i| SubtaskKey {
+                    vertex: *v,
+                    index: SubtaskIndex(i),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One operator's snapshot as a subtask reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorSnapshot {
+    pub node: NodeId,
+    pub manifest_path: String,
+    pub state_bytes: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// How long a subtask's part of a checkpoint took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckTimings {
+    pub alignment_ms: u64,
+    pub sync_ms: u64,
+    pub async_ms: u64,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Propose `Command::ReserveCheckpointIds { up_to }`, then call
+    /// [`Coordinator::on_ids_reserved`]; no trigger happens until then.
+    ReserveIds { up_to: CheckpointId },
+    /// Send `TriggerCheckpoint` to every TaskManager running a source.
+    Trigger {
+        id: CheckpointId,
+        timestamp_ms: i64,
+        /// Set for a savepoint: its directory.
+        savepoint_path: Option<String>,
+    },
+    /// Propose `Command::CheckpointCompleted`, then call
+    /// [`Coordinator::on_committed`] (or [`Coordinator::on_commit_failed`]).
+    Commit(CompletedCheckpoint),
+    /// Send `AbortCheckpoint` to the job's TaskManagers.
+    Abort { id: CheckpointId, reason: String },
+    /// Send `NotifyCheckpointComplete` to the job's TaskManagers.
+    NotifyComplete { id: CheckpointId },
+    /// Propose `Command::CheckpointsDiscarded`, then delete their files
+    /// (`release_shared` with the retained set).
+    Discard { ids: Vec<CheckpointId> },
+    /// Too many consecutive checkpoint failures: fail (and restart) the job.
+    FailJob { reason: String },
+}
+
+/// The checkpoint in flight.
+#[derive(Clone, Debug)]
+struct Pending {
+    id: CheckpointId,
+    trigger_ms: i64,
+    savepoint_path: Option<String>,
+    acks: BTreeMap<SubtaskKey, Vec<OperatorSnapshot>>,
+    /// `Commit` was returned; waiting for Raft.
+    committing: bool,
+}
+
+/// The coordinator of one job. See the module doc.
+#[derive(Clone, Debug)]
+pub struct Coordinator {
+    job: JobId,
+    settings: CheckpointSettings,
+    topology: Topology,
+    expected: BTreeSet<SubtaskKey>,
+    next_id: CheckpointId,
+    /// Ids up to this one may be used (`None`: nothing reserved yet).
+    reserved_up_to: Option<CheckpointId>,
+    reserving: bool,
+    pending: Option<Pending>,
+    savepoints: VecDeque<String>,
+    /// When the periodic timer last started (trigger, start or restart).
+    last_trigger_ms: i64,
+    /// When the last checkpoint ended (completed or failed).
+    last_end_ms: Option<i64>,
+    consecutive_failures: u32,
+    /// Retained (non-savepoint) checkpoint ids, oldest first.
+    retained: VecDeque<CheckpointId>,
+    /// Stopped after `FailJob` until the job restarts.
+    failed: bool,
+    stats: Stats,
+}
+
+impl Coordinator {
+    /// A coordinator for a running job, continuing from the Raft catalog
+    /// (ids after its reservation; its completed checkpoints retained).
+    pub fn new(
+        job: JobId,
+        settings: CheckpointSettings,
+        topology: Topology,
+        catalog: Option<&CheckpointCatalog>,
+        now_ms: i64,
+    ) -> Self {
+        let empty = CheckpointCatalog::default();
+        let catalog = catalog.unwrap_or(&empty);
+        Coordinator {
+            job,
+            settings,
+            expected: topology.subtasks(),
+            topology,
+            next_id: catalog.next_id(),
+            reserved_up_to: catalog.reserved_up_to,
+            reserving: false,
+            pending: None,
+            savepoints: VecDeque::new(),
+            last_trigger_ms: now_ms,
+            last_end_ms: None,
+            consecutive_failures: 0,
+            retained: catalog.completed.iter().map(|c| c.id).collect(),
+            failed: false,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The id of the checkpoint in flight, if any.
+    pub fn pending(&self) -> Option<CheckpointId> {
+        self.pending.as_ref().map(|p| p.id)
+    }
+    /// Savepoints requested and not yet triggered.
+    pub fn queued_savepoints(&self) -> usize {
+        self.savepoints.len()
+    }
+
+    /// Times out the pending checkpoint, or triggers the next one when a
+    /// savepoint is queued or the interval and the minimum pause have passed.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.failed {
+            return actions;
+        }
+        if let Some(p) = &self.pending {
+            let timeout = self.settings.timeout.as_millis_i64();
+            if !p.committing && now_ms.saturating_sub(p.trigger_ms) >= timeout {
+                let reason = format!("checkpoint expired after {}", self.settings.timeout);
+                self.fail_pending(&reason, now_ms, &mut actions);
+            }
+            return actions;
+        }
+        let savepoint = !self.savepoints.is_empty();
+        let interval_due =
+            now_ms.saturating_sub(self.last_trigger_ms) >= self.settings.interval.as_millis_i64();
+        let pause_over = self.last_end_ms.is_none_or(|end| {
+            now_ms.saturating_sub(end) >= self.settings.min_pause.as_millis_i64()
+        });
+        if !(savepoint || (interval_due && pause_over)) {
+            return actions;
+        }
+        if self.reserved_up_to.is_none_or(|r| self.next_id > r) {
+            if !self.reserving {
+                self.reserving = true;
+                actions.push(Action::ReserveIds {
+                    up_to: CheckpointId(self.next_id.0 + ID_BLOCK - 1),
+                });
+            }
+            return actions;
+        }
+        let id = self.next_id;
+        self.next_id = CheckpointId(id.0 + 1);
+        let savepoint_path = if savepoint {
+            self.savepoints.pop_front()
+        } else {
+            None
+        };
+        self.last_trigger_ms = now_ms;
+        self.pending = Some(Pending {
+            id,
+            trigger_ms: now_ms,
+            savepoint_path: savepoint_path.clone(),
+            acks: BTreeMap::new(),
+            committing: false,
+        });
+        self.stats.started(Entry {
+            id,
+            status: Status::InProgress,
+            savepoint_path: savepoint_path.clone(),
+            trigger_time_ms: now_ms,
+            end_time_ms: None,
+            acknowledged: 0,
+            total_subtasks: self.expected.len() as u32,
+            state_bytes: 0,
+            uploaded_bytes: 0,
+            operator_state_bytes: BTreeMap::new(),
+            max_alignment_ms: 0,
+            max_sync_ms: 0,
+            max_async_ms: 0,
+            failure: None,
+        });
+        actions.push(Action::Trigger {
+            id,
+            timestamp_ms: now_ms,
+            savepoint_path,
+        });
+        actions
+    }
+
+    /// Raft applied a reservation of ids up to `up_to`.
+    pub fn on_ids_reserved(&mut self, up_to: CheckpointId) {
+        self.reserving = false;
+        self.reserved_up_to = self.reserved_up_to.max(Some(up_to));
+    }
+
+    /// The reservation could not be committed (e.g. Raft refused it); the
+    /// next tick asks again.
+    pub fn on_reserve_failed(&mut self) {
+        self.reserving = false;
+    }
+
+    /// Queues a savepoint into `target_path`; it runs as soon as no
+    /// checkpoint is pending.
+    pub fn trigger_savepoint(&mut self, target_path: String, now_ms: i64) -> Vec<Action> {
+        self.savepoints.push_back(target_path);
+        self.tick(now_ms)
+    }
+
+    /// A subtask finished its part of checkpoint `id`. Late, duplicate or
+    /// unknown acknowledgements are ignored; an ack missing a stateful
+    /// operator's snapshot fails the checkpoint.
+    pub fn on_ack(
+        &mut self,
+        id: CheckpointId,
+        subtask: SubtaskKey,
+        operators: Vec<OperatorSnapshot>,
+        timings: AckTimings,
+        now_ms: i64,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(p) = self.pending.as_mut() else {
+            return actions;
+        };
+        if p.id != id || p.committing || !self.expected.contains(&subtask) {
+            tracing::debug!(job_id = %self.job, checkpoint_id = %id, ?subtask, "ignoring an acknowledgement");
+            return actions;
+        }
+        if p.acks.contains_key(&subtask) {
+            return actions;
+        }
+        let stateful = self
+            .topology
+            .vertices
+            .get(&subtask.vertex)
+            .map(|v| &v.stateful_nodes);
+        let reported: BTreeSet<&NodeId> = operators.iter().map(|o| &o.node).collect();
+        if let Some(missing) = stateful
+            .into_iter()
+            .flatten()
+            .find(|n| !reported.contains(n))
+        {
+            let reason = format!(
+                "subtask {}/{} acknowledged without a snapshot of operator {missing}",
+                subtask.vertex, subtask.index
+            );
+            self.fail_pending(&reason, now_ms, &mut actions);
+            return actions;
+        }
+        self.stats.update(id, |e| {
+            e.acknowledged += 1;
+            for o in &operators {
+                e.state_bytes += o.state_bytes;
+                e.uploaded_bytes += o.uploaded_bytes;
+                *e.operator_state_bytes.entry(o.node.clone()).or_default() += o.state_bytes;
+            }
+            e.max_alignment_ms = e.max_alignment_ms.max(timings.alignment_ms);
+            e.max_sync_ms = e.max_sync_ms.max(timings.sync_ms);
+            e.max_async_ms = e.max_async_ms.max(timings.async_ms);
+        });
+        p.acks.insert(subtask, operators);
+        if p.acks.len() == self.expected.len() {
+            p.committing = true;
+            actions.push(Action::Commit(self.completed(now_ms)));
+        }
+        actions
+    }
+
+    /// The pending checkpoint as the catalog will store it.
+    fn completed(&self, now_ms: i64) -> CompletedCheckpoint {
+        let p = self
+            .pending
+            .as_ref()
+            .expect("called with a pending checkpoint");
+        let mut snapshots: Vec<SnapshotEntry> = p
+            .acks
+            .iter()
+            .flat_map(|(key, ops)| {
+                let parallelism = self
+                    .topology
+                    .vertices
+                    .get(&key.vertex)
+                    .map_or(0, |v| v.parallelism);
+                ops.iter().map(move |o| SnapshotEntry {
+                    node: o.node.clone(),
+                    index: key.index,
+                    parallelism,
+                    manifest_path: o.manifest_path.clone(),
+                    state_bytes: o.state_bytes,
+                    uploaded_bytes: o.uploaded_bytes,
+                })
+            })
+            .collect();
+        snapshots.sort_by(|a, b| (&a.node, a.index).cmp(&(&b.node, b.index)));
+        CompletedCheckpoint {
+            id: p.id,
+            trigger_time_ms: p.trigger_ms,
+            completed_time_ms: now_ms,
+            storage_root: self.settings.storage.clone(),
+            backend: self.settings.backend,
+            snapshots,
+            savepoint_path: p.savepoint_path.clone(),
+        }
+    }
+
+    /// A subtask cannot take part in checkpoint `id`: it fails at once.
+    pub fn on_decline(
+        &mut self,
+        id: CheckpointId,
+        subtask: SubtaskKey,
+        reason: &str,
+        now_ms: i64,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.id == id && !p.committing)
+        {
+            let reason = format!(
+                "subtask {}/{} declined: {reason}",
+                subtask.vertex, subtask.index
+            );
+            self.fail_pending(&reason, now_ms, &mut actions);
+        }
+        actions
+    }
+
+    /// Raft applied the completion of `id`: tell the TaskManagers, and drop
+    /// the checkpoints beyond `retained`.
+    pub fn on_committed(&mut self, id: CheckpointId, now_ms: i64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(p) = self.pending.take_if(|p| p.id == id && p.committing) else {
+            return actions;
+        };
+        self.last_end_ms = Some(now_ms);
+        self.consecutive_failures = 0;
+        self.stats.update(id, |e| {
+            e.status = Status::Completed;
+            e.end_time_ms = Some(now_ms);
+        });
+        self.stats.finished(id);
+        actions.push(Action::NotifyComplete { id });
+        if p.savepoint_path.is_none() {
+            self.retained.push_back(id);
+            let keep = self.settings.retained.max(1) as usize;
+            let excess = self.retained.len().saturating_sub(keep);
+            let ids: Vec<_> = self.retained.drain(..excess).collect();
+            if !ids.is_empty() {
+                actions.push(Action::Discard { ids });
+            }
+        }
+        actions
+    }
+
+    /// Raft did not commit `id` (refused, or the proposal failed): the
+    /// checkpoint fails.
+    pub fn on_commit_failed(&mut self, id: CheckpointId, reason: &str, now_ms: i64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.id == id && p.committing)
+        {
+            self.fail_pending(
+                &format!("commit through raft failed: {reason}"),
+                now_ms,
+                &mut actions,
+            );
+        }
+        actions
+    }
+
+    /// The job's tasks were redeployed (after a failure or a rescale),
+    /// restored from `restored_from` when set. A pending checkpoint is
+    /// aborted (its subtasks are gone); the periodic timer restarts.
+    pub fn on_job_restarted(
+        &mut self,
+        topology: Topology,
+        restored_from: Option<&CompletedCheckpoint>,
+        now_ms: i64,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.pending.is_some() {
+            self.fail_pending("the job restarted", now_ms, &mut actions);
+            // A checkpoint lost to a restart is not the checkpoints' fault.
+            self.consecutive_failures = 0;
+            actions.retain(|a| !matches!(a, Action::FailJob { .. }));
+        }
+        self.expected = topology.subtasks();
+        self.topology = topology;
+        self.failed = false;
+        self.consecutive_failures = 0;
+        self.last_trigger_ms = now_ms;
+        if let Some(c) = restored_from {
+            self.stats.restored += 1;
+            self.stats.latest_restored = Some(Restored {
+                id: c.id,
+                restore_time_ms: now_ms,
+                savepoint_path: c.savepoint_path.clone(),
+            });
+        }
+        actions
+    }
+
+    fn fail_pending(&mut self, reason: &str, now_ms: i64, actions: &mut Vec<Action>) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        tracing::warn!(job_id = %self.job, checkpoint_id = %p.id, reason, "checkpoint failed");
+        self.last_end_ms = Some(now_ms);
+        self.stats.update(p.id, |e| {
+            e.status = Status::Failed;
+            e.end_time_ms = Some(now_ms);
+            e.failure = Some(reason.to_string());
+        });
+        self.stats.finished(p.id);
+        actions.push(Action::Abort {
+            id: p.id,
+            reason: reason.to_string(),
+        });
+        // A failed savepoint is reported to whoever asked; it does not count
+        // towards failing the job.
+        if p.savepoint_path.is_some() {
+            return;
+        }
+        self.consecutive_failures += 1;
+        if self.consecutive_failures > self.settings.tolerable_failures {
+            self.failed = true;
+            actions.push(Action::FailJob {
+                reason: format!(
+                    "{} consecutive checkpoints failed (tolerable: {}); last: {reason}",
+                    self.consecutive_failures, self.settings.tolerable_failures
+                ),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

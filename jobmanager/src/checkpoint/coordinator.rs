@@ -440,8 +440,12 @@ impl Coordinator {
     }
 
     /// The job's tasks were redeployed (after a failure or a rescale),
-    /// restored from `restored_from` when set. A pending checkpoint is
-    /// aborted (its subtasks are gone); the periodic timer restarts.
+    /// restored from `restored_from` when set. A checkpoint still collecting
+    /// acknowledgements is aborted (its subtasks are gone); one already
+    /// proposed to Raft stays pending until [`Coordinator::on_committed`] or
+    /// [`Coordinator::on_commit_failed`], since every snapshot of it is
+    /// uploaded and the catalog may already hold it. The periodic timer
+    /// restarts.
     pub fn on_job_restarted(
         &mut self,
         topology: Topology,
@@ -449,7 +453,7 @@ impl Coordinator {
         now_ms: i64,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.pending.is_some() {
+        if self.pending.as_ref().is_some_and(|p| !p.committing) {
             self.fail_pending("the job restarted", now_ms, &mut actions);
             // A checkpoint lost to a restart is not the checkpoints' fault.
             self.consecutive_failures = 0;

@@ -349,6 +349,25 @@ fn restart_aborts_the_pending_checkpoint_without_failing_the_job() {
     assert!(triggered(&c.tick(INTERVAL * 2 + 1)).unwrap() > id);
 }
 
+/// A restart while the completion is in Raft keeps the checkpoint: it
+/// still commits and counts for retention.
+#[test]
+fn restart_while_committing_keeps_the_checkpoint() {
+    let mut c = coordinator(3, 0);
+    let id = triggered(&c.tick(INTERVAL)).unwrap();
+    ack_all(&mut c, id, INTERVAL + 1);
+    assert!(
+        c.on_job_restarted(topology(), None, INTERVAL + 2)
+            .is_empty()
+    );
+    assert_eq!(c.pending(), Some(id));
+    assert_eq!(
+        c.on_committed(id, INTERVAL + 3),
+        vec![Action::NotifyComplete { id }]
+    );
+    assert_eq!(c.stats().completed, 1);
+}
+
 #[test]
 fn commit_failure_fails_the_checkpoint() {
     let mut c = coordinator(3, 5);
@@ -451,10 +470,7 @@ proptest! {
                     None => Vec::new(),
                 },
                 Event::Savepoint => c.trigger_savepoint(format!("/sp/{now}"), now),
-                Event::Restart => {
-                    committing = None;
-                    c.on_job_restarted(topology(), None, now)
-                }
+                Event::Restart => c.on_job_restarted(topology(), None, now),
             };
             if let Event::Ack(i) = ev && pending.is_some() {
                 acked.insert(keys[i]);

@@ -236,3 +236,124 @@ pub struct JobDetail {
     pub vertices: Vec<VertexInfo>,
     pub spec: serde_json::Value,
 }
+
+/// The outcome of one checkpoint so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CheckpointStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// `GET /v1/jobs/{id}/checkpoints`: Flink's checkpoint statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    pub counts: CheckpointCounts,
+    /// Over the checkpoints completed since this JobManager started leading.
+    pub summary: CheckpointSummary,
+    pub latest: LatestCheckpoints,
+    /// Recent checkpoints, newest first (bounded).
+    pub history: Vec<CheckpointInfo>,
+    /// What a restart can restore from: the retained checkpoints and every
+    /// savepoint, as the replicated catalog holds them (oldest first).
+    pub retained: Vec<RetainedCheckpointInfo>,
+}
+
+/// Counts since this JobManager started leading (Flink's are per JobManager too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCounts {
+    pub restored: u64,
+    pub total: u64,
+    pub in_progress: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinMaxAvg {
+    pub min: u64,
+    pub max: u64,
+    pub avg: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    pub state_size_bytes: MinMaxAvg,
+    pub end_to_end_duration_ms: MinMaxAvg,
+    pub alignment_ms: MinMaxAvg,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatestCheckpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<CheckpointInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<CheckpointInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<CheckpointInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<RestoredCheckpointInfo>,
+}
+
+/// One checkpoint or savepoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub id: u64,
+    pub status: CheckpointStatus,
+    pub is_savepoint: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
+    /// RFC 3339 times.
+    pub trigger_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub num_subtasks: u32,
+    pub num_acknowledged_subtasks: u32,
+    /// Bytes of state over every snapshot, and the bytes uploaded for it
+    /// (less with incremental RocksDB snapshots).
+    pub state_size_bytes: u64,
+    pub uploaded_bytes: u64,
+    /// State bytes per operator (node), in node order.
+    pub operators: Vec<OperatorCheckpointInfo>,
+    /// The longest barrier alignment and synchronous/asynchronous snapshot
+    /// parts among the acknowledged subtasks.
+    pub max_alignment_ms: u64,
+    pub max_sync_ms: u64,
+    pub max_async_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorCheckpointInfo {
+    pub node: String,
+    pub state_size_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredCheckpointInfo {
+    pub id: u64,
+    pub restore_time: String,
+    pub is_savepoint: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
+}
+
+/// A checkpoint or savepoint in the replicated catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedCheckpointInfo {
+    pub id: u64,
+    pub is_savepoint: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
+    pub trigger_time: String,
+    pub completed_time: String,
+    pub storage: String,
+    /// `memory` or `rocksdb`.
+    pub backend: String,
+    pub state_size_bytes: u64,
+    pub snapshots: u32,
+}

@@ -6,6 +6,7 @@
 //! `{"error": {"code", "message", ...}}` with a 4xx status; bad input never
 //! produces a 500.
 
+pub mod checkpoint_views;
 mod handlers;
 pub mod views;
 

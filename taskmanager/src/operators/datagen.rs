@@ -23,7 +23,7 @@ use eddy_sdk::operator::{Collector, OperatorError, Source, SourcePoll};
 use eddy_sdk::spec::{DatagenSpec, FieldType, Generator};
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Rows per batch when the spec does not say.
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
@@ -201,13 +201,7 @@ impl Source for Datagen {
         let batch = self.generate(n)?;
         self.next += n as u64;
         out.batch(batch);
-        if let Some(marks) = &mut self.marks {
-            let age = self
-                .pacing
-                .as_ref()
-                .map_or(Duration::ZERO, Pacing::backlog_age);
-            marks.after_batch(age, Instant::now(), out);
-        }
+        LatencyMarks::after_source_batch(&mut self.marks, self.pacing.as_ref(), out);
         Ok(SourcePoll::Ready)
     }
 }

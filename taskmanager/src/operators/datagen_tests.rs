@@ -149,7 +149,9 @@ fn datagen_seed_changes_random_columns_only() {
 fn datagen_with_rate_is_idle_before_tokens_accrue() {
     let mut s = source(&spec(1_000, "rows_per_second: 10,"), 0, 1);
     let mut c = Collector::new();
-    assert!(matches!(s.poll(&mut c).unwrap(), SourcePoll::Idle(d) if d > Duration::ZERO));
+    assert!(
+        matches!(s.poll(&mut c).unwrap(), SourcePoll::Idle(d) if d > std::time::Duration::ZERO)
+    );
     assert!(c.is_empty());
 }
 

@@ -87,6 +87,19 @@ impl LatencyMarks {
         })
     }
 
+    /// After a batch of a source paced by `pacing` (or unpaced) went into
+    /// `out`: a marker if one is due and markers are on.
+    pub(crate) fn after_source_batch(
+        marks: &mut Option<LatencyMarks>,
+        pacing: Option<&Pacing>,
+        out: &mut Collector,
+    ) {
+        if let Some(marks) = marks {
+            let age = pacing.map_or(Duration::ZERO, Pacing::backlog_age);
+            marks.after_batch(age, Instant::now(), out);
+        }
+    }
+
     /// Called after a batch went into `out`; `age` is how long its oldest row
     /// had been due.
     pub(crate) fn after_batch(&mut self, age: Duration, now: Instant, out: &mut Collector) {

@@ -300,6 +300,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn emit_latency_marker_goes_to_one_channel_per_edge_round_robin() {
+        let (a0, mut ra0) = local(0, 4);
+        let (a1, mut ra1) = local(1, 4);
+        let (b0, mut rb0) = local(0, 4);
+        let mut outputs = Outputs::new(vec![
+            EdgeOutput::new(hash_partitioner(), vec![a0, a1]),
+            EdgeOutput::new(Partitioner::Forward, vec![b0]),
+        ]);
+        let m = crate::runtime::metrics::SubtaskMetrics::default();
+        for stamp in [1, 2, 3] {
+            outputs
+                .emit(Element::LatencyMarker(stamp), &m)
+                .await
+                .unwrap();
+        }
+        let got = |rx: &mut mpsc::Receiver<ChannelItem>| {
+            let mut stamps = Vec::new();
+            while let Ok(item) = rx.try_recv() {
+                match item.unwrap() {
+                    Element::LatencyMarker(s) => stamps.push(s),
+                    other => panic!("not a marker: {other:?}"),
+                }
+            }
+            stamps
+        };
+        assert_eq!(got(&mut ra0), [1, 3]);
+        assert_eq!(got(&mut ra1), [2]);
+        assert_eq!(
+            got(&mut rb0),
+            [1, 2, 3],
+            "a one-channel edge gets every marker"
+        );
+    }
+
+    #[tokio::test]
     async fn emit_batch_reaches_every_edge() {
         let (a0, mut ra0) = local(0, 4);
         let (b0, mut rb0) = local(0, 4);

@@ -23,7 +23,7 @@ use eddy_sdk::ids::NodeId;
 use eddy_sdk::nexmark::{EventType, Generator};
 use eddy_sdk::operator::{Collector, OperatorError, Source, SourcePoll};
 use eddy_sdk::spec::NexmarkSpec;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Nexmark {
     node: NodeId,
@@ -126,13 +126,7 @@ impl Source for Nexmark {
                     ))
                 })?;
             out.batch(batch);
-            if let Some(marks) = &mut self.marks {
-                let age = self
-                    .pacing
-                    .as_ref()
-                    .map_or(Duration::ZERO, Pacing::backlog_age);
-                marks.after_batch(age, Instant::now(), out);
-            }
+            LatencyMarks::after_source_batch(&mut self.marks, self.pacing.as_ref(), out);
         }
         Ok(SourcePoll::Ready)
     }

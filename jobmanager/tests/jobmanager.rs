@@ -98,6 +98,22 @@ async fn submit_malformed_specs_answer_400_with_code_message_node() {
         None,
     )
     .await;
+    // Job-level sections name their field.
+    let print = r#"{"id": "out", "kind": "print", "input": "gen"}"#;
+    for (section, field) in [
+        (r#""checkpoint": {"interval": "0s"}"#, "checkpoint.interval"),
+        (r#""checkpoint": {"backend": "disk"}"#, "checkpoint.backend"),
+        (
+            r#""restart": {"initial_backoff": "1m", "max_backoff": "1s"}"#,
+            "restart.max_backoff",
+        ),
+    ] {
+        let body = format!(r#"{{"name": "bad", {section}, "nodes": [{GEN}, {print}]}}"#);
+        let (status, answer) = rest.post("/v1/jobs", &body, "application/json").await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_spec", "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
     // Not a spec at all.
     let (status, answer) = rest.post("/v1/jobs", "{not json", "application/json").await;
     assert_eq!(

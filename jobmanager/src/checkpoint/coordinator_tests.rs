@@ -445,8 +445,11 @@ proptest! {
                     Some(id) => {
                         let mut out = Vec::new();
                         for key in &keys {
-                            out.extend(c.on_ack(id, *key, snapshots(*key, id), AckTimings::default(), now));
+                            let actions = c.on_ack(id, *key, snapshots(*key, id), AckTimings::default(), now);
                             acked.insert(*key);
+                            let commits = actions.iter().any(|a| matches!(a, Action::Commit(_)));
+                            prop_assert!(!commits || acked.len() == keys.len(), "commit before every ack");
+                            out.extend(actions);
                         }
                         out
                     }

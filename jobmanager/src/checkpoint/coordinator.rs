@@ -172,6 +172,13 @@ impl Coordinator {
     pub fn job(&self) -> &JobId {
         &self.job
     }
+    /// The resolved settings (storage root and backend go into every trigger).
+    pub fn settings(&self) -> &CheckpointSettings {
+        &self.settings
+    }
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod raft;
 pub mod rest;
+pub mod restart;
 pub mod rpc;
 pub mod scheduler;
 pub mod taskmanagers;

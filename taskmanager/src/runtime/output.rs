@@ -275,15 +275,22 @@ mod tests {
         (OutputChannel::Local { key, queue }, rx)
     }
 
-    #[tokio::test]
-    async fn emit_broadcasts_watermarks_and_end_to_every_channel_of_every_edge() {
-        let (a0, mut ra0) = local(0, 4);
-        let (a1, mut ra1) = local(1, 4);
-        let (b0, mut rb0) = local(0, 4);
-        let mut outputs = Outputs::new(vec![
+    /// A hash edge over two channels and a forward edge over one, and the
+    /// receivers of the three channels in that order.
+    fn hash_and_forward_edges() -> (Outputs, [mpsc::Receiver<ChannelItem>; 3]) {
+        let (a0, ra0) = local(0, 4);
+        let (a1, ra1) = local(1, 4);
+        let (b0, rb0) = local(0, 4);
+        let outputs = Outputs::new(vec![
             EdgeOutput::new(hash_partitioner(), vec![a0, a1]),
             EdgeOutput::new(Partitioner::Forward, vec![b0]),
         ]);
+        (outputs, [ra0, ra1, rb0])
+    }
+
+    #[tokio::test]
+    async fn emit_broadcasts_watermarks_and_end_to_every_channel_of_every_edge() {
+        let (mut outputs, [mut ra0, mut ra1, mut rb0]) = hash_and_forward_edges();
         let m = crate::runtime::metrics::SubtaskMetrics::default();
         outputs.emit(Element::Watermark(7), &m).await.unwrap();
         outputs.emit(Element::EndOfStream, &m).await.unwrap();
@@ -301,13 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn emit_latency_marker_goes_to_one_channel_per_edge_round_robin() {
-        let (a0, mut ra0) = local(0, 4);
-        let (a1, mut ra1) = local(1, 4);
-        let (b0, mut rb0) = local(0, 4);
-        let mut outputs = Outputs::new(vec![
-            EdgeOutput::new(hash_partitioner(), vec![a0, a1]),
-            EdgeOutput::new(Partitioner::Forward, vec![b0]),
-        ]);
+        let (mut outputs, [mut ra0, mut ra1, mut rb0]) = hash_and_forward_edges();
         let m = crate::runtime::metrics::SubtaskMetrics::default();
         for stamp in [1, 2, 3] {
             outputs

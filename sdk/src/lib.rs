@@ -19,10 +19,15 @@ pub mod spec;
 #[cfg(feature = "plan")]
 pub mod operator;
 #[cfg(feature = "plan")]
+pub mod operator_state;
+#[cfg(feature = "plan")]
 pub mod plan;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "storage")]
+pub mod storage;
 
 #[cfg(feature = "server")]
 pub mod server;

@@ -9,6 +9,8 @@
 use arrow::record_batch::RecordBatch;
 use std::time::Duration;
 
+pub use crate::operator_state::{Barrier, BarrierKind, RestoredState, StateChanges, StateEntry};
+
 /// What flows along an edge: data, and control events in-band with it.
 #[derive(Clone, Debug)]
 pub enum Element {
@@ -22,6 +24,11 @@ pub enum Element {
     /// each edge forwards them to one channel, round-robin; sinks record
     /// their age (`crate::latency`).
     LatencyMarker(i64),
+    /// A checkpoint barrier: everything before it belongs to the checkpoint,
+    /// everything after it to the next one. The runtime aligns barriers of
+    /// several inputs and asks each operator to snapshot when it passes;
+    /// operators never see the element itself.
+    Barrier(Barrier),
     /// The producer has no more input.
     EndOfStream,
 }
@@ -127,6 +134,28 @@ pub trait Operator: Send {
     fn throttle(&mut self) -> Option<Duration> {
         None
     }
+
+    /// A barrier passed: write the changes to this operator's state since
+    /// the last snapshot into `changes` (or all of it after
+    /// [`StateChanges::clear_all`]). Called between two elements, after
+    /// everything before the barrier was processed; what the operator
+    /// emitted before is already downstream. Sinks pre-commit here.
+    fn snapshot_state(&mut self, _barrier: &Barrier, _changes: &mut StateChanges) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the first element of a restored subtask: the operator's entries
+    /// of the key groups this subtask owns, from the checkpoint or savepoint
+    /// it restarts from (possibly taken at another parallelism).
+    fn restore_state(&mut self, _state: RestoredState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `barrier.checkpoint` was committed by the JobManager:
+    /// sinks make what they pre-committed for it visible.
+    fn notify_checkpoint_complete(&mut self, _checkpoint: crate::ids::CheckpointId) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a source produced on one poll.
@@ -144,4 +173,18 @@ pub enum SourcePoll {
 /// A source: produces batches on demand, never blocks.
 pub trait Source: Send {
     fn poll(&mut self, out: &mut Collector) -> Result<SourcePoll>;
+
+    /// The JobManager triggered a checkpoint: record the position reached
+    /// (everything emitted so far is before the barrier), as entries whose
+    /// key group is the split they describe, so positions move with their
+    /// splits when the parallelism changes.
+    fn snapshot_state(&mut self, _barrier: &Barrier, _changes: &mut StateChanges) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the first poll of a restored subtask: the positions of the
+    /// splits (key groups) it owns now.
+    fn restore_state(&mut self, _state: RestoredState) -> Result<()> {
+        Ok(())
+    }
 }

@@ -17,6 +17,9 @@ pub enum JobState {
     Finished,
     /// A cancel was requested; tasks are stopping.
     Cancelling,
+    /// An attempt failed; the job is redeployed from its latest checkpoint
+    /// after the restart strategy's backoff.
+    Restarting,
     Canceled,
     Failed,
 }
@@ -34,6 +37,7 @@ impl JobState {
             JobState::Running => "RUNNING",
             JobState::Finished => "FINISHED",
             JobState::Cancelling => "CANCELLING",
+            JobState::Restarting => "RESTARTING",
             JobState::Canceled => "CANCELED",
             JobState::Failed => "FAILED",
         }

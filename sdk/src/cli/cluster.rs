@@ -114,8 +114,16 @@ impl LocalCluster {
             path_str(&jm_ready)?,
         ];
         let jm_bin = opts.bin_dir.join("eddy-jobmanager");
+        // Jobs with a `checkpoint` section checkpoint into the cluster's own
+        // directory unless they name a storage (a local cluster shares one
+        // filesystem).
+        let checkpoints = self.data_dir.join("checkpoints");
+        let jm_env = [(
+            "EDDY_CHECKPOINT__STORAGE".to_string(),
+            path_str(&checkpoints)?.to_string(),
+        )];
         self.procs
-            .push(spawn("jobmanager-1", &jm_bin, &jm_args, &[], &jm_dir)?);
+            .push(spawn("jobmanager-1", &jm_bin, &jm_args, &jm_env, &jm_dir)?);
         let ready = wait_ready(&jm_ready, &mut self.procs[0]).await?;
         let rpc_addr = field(&ready, "rpc_addr")?;
         self.url = format!("http://{}", field(&ready, "rest_addr")?);

@@ -92,6 +92,19 @@ impl NodeKind {
     pub fn is_source(&self) -> bool {
         matches!(self, NodeKind::Datagen(_) | NodeKind::Nexmark(_))
     }
+    /// Whether the operator keeps state in checkpoints (source positions,
+    /// windows, the file sink's pending files). Every checkpoint of a job
+    /// holds one snapshot per stateful node and subtask.
+    pub fn is_stateful(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Datagen(_)
+                | NodeKind::Nexmark(_)
+                | NodeKind::Window(_)
+                | NodeKind::TopN(_)
+                | NodeKind::File(_)
+        )
+    }
     pub fn is_sink(&self) -> bool {
         matches!(
             self,

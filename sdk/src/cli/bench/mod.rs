@@ -67,6 +67,13 @@ pub struct BenchArgs {
     /// Where `eddy-jobmanager` and `eddy-taskmanager` are (default: next to `eddy`).
     #[arg(long, env = "EDDY_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// Take checkpoints this often in the throughput runs (e.g. `10s`), into
+    /// the cluster's directory; none by default.
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    /// The state backend of checkpointed runs: memory or rocksdb.
+    #[arg(long, default_value = "memory")]
+    state_backend: String,
 }
 
 /// The quick mode's settings.
@@ -93,6 +100,16 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         bail!("--events must be positive");
     }
     let queries = queries::select(&args.queries)?;
+    let checkpoint = match &args.checkpoint_interval {
+        None => None,
+        Some(interval) => Some(
+            serde_yaml::from_str::<crate::spec::CheckpointSpec>(&format!(
+                "{{interval: \"{interval}\", backend: \"{}\"}}",
+                args.state_backend
+            ))
+            .context("--checkpoint-interval and --state-backend")?,
+        ),
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let out = args.out.canonicalize()?;
@@ -125,7 +142,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         opts.data_dir.display()
     );
     let mut cluster = LocalCluster::start(&opts).await?;
-    let result = run_suite(&args, &queries, &out, &mut cluster).await;
+    let result = run_suite(&args, &queries, checkpoint.as_ref(), &out, &mut cluster).await;
     cluster.stop().await;
     let report = result?;
     let json = out.join("results.json");
@@ -141,6 +158,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
 async fn run_suite(
     args: &BenchArgs,
     queries: &[&'static Query],
+    checkpoint: Option<&crate::spec::CheckpointSpec>,
     out: &Path,
     cluster: &mut LocalCluster,
 ) -> anyhow::Result<Report> {
@@ -170,6 +188,7 @@ async fn run_suite(
                 rate: None,
                 event_time_rate: args.quick.then_some(QUICK_EVENT_TIME_RATE),
                 output: output.as_deref(),
+                checkpoint,
             };
             let r = throughput(cluster, q, &run, &label).await?;
             report.runs.push(r);
@@ -248,6 +267,7 @@ async fn latency(
         rate: Some(args.latency_rate),
         event_time_rate: None,
         output: None,
+        checkpoint: None,
     };
     let spec = query.spec(&run)?;
     let detail = run_job(cluster, &spec, label, events).await?;

@@ -65,6 +65,8 @@ pub struct Run<'a> {
     pub event_time_rate: Option<f64>,
     /// Write the results as JSON lines here instead of discarding them.
     pub output: Option<&'a Path>,
+    /// Take checkpoints with these settings.
+    pub checkpoint: Option<&'a crate::spec::CheckpointSpec>,
 }
 
 impl Query {
@@ -72,6 +74,7 @@ impl Query {
         let mut spec = parse_yaml_or_json(self.spec)
             .with_context(|| format!("the compiled-in spec of {}", self.name))?;
         spec.parallelism = run.parallelism;
+        spec.checkpoint = run.checkpoint.cloned();
         let mut sources = 0;
         for node in &mut spec.nodes {
             if let NodeKind::Nexmark(source) = &mut node.kind {
@@ -116,6 +119,7 @@ mod tests {
                     rate: Some(5.0),
                     event_time_rate: None,
                     output: Some(out),
+                    checkpoint: None,
                 })
                 .unwrap();
             assert_eq!(spec.parallelism, 2);

@@ -1,4 +1,5 @@
-//! The JobManager client: registration, heartbeats and task status reports.
+//! The JobManager client: registration, heartbeats, task status reports and
+//! checkpoint reports.
 //!
 //! The TaskManager registers with the first reachable JobManager of its list
 //! (retrying with backoff), heartbeats at the interval the JobManager returns,
@@ -8,7 +9,7 @@
 //! retried until delivered; a newer status of the same subtask supersedes an
 //! undelivered older one.
 
-use crate::node::Node;
+use crate::node::{CheckpointMessage, Node};
 use eddy_proto::v1 as pb;
 use eddy_proto::v1::job_manager_service_client::JobManagerServiceClient;
 use std::collections::BTreeMap;
@@ -56,9 +57,16 @@ impl JobManagerClient {
         let reporter = tokio::spawn(report_statuses(
             self.node.clone(),
             reports,
-            session_rx,
+            session_rx.clone(),
             shutdown.clone(),
         ));
+        if let Some(checkpoints) = self.node.take_checkpoint_reports() {
+            tokio::spawn(report_checkpoints(
+                checkpoints,
+                session_rx,
+                shutdown.clone(),
+            ));
+        }
         tokio::select! {
             _ = self.register_and_heartbeat(&session_tx) => {}
             _ = shutdown.cancelled() => {}
@@ -227,6 +235,71 @@ async fn report_statuses(
     }
 }
 
+/// A checkpoint report older than this is dropped undelivered: the
+/// checkpoint has timed out at the JobManager by then.
+const CHECKPOINT_REPORT_TTL: Duration = Duration::from_secs(120);
+
+/// Delivers checkpoint acknowledgements and declines in order, retrying with
+/// backoff through JobManager changes (a new leader continues the
+/// checkpoint in flight only if its acknowledgements reach it).
+async fn report_checkpoints(
+    mut reports: mpsc::UnboundedReceiver<CheckpointMessage>,
+    mut session: watch::Receiver<Option<Session>>,
+    shutdown: CancellationToken,
+) {
+    let mut pending: std::collections::VecDeque<(std::time::Instant, CheckpointMessage)> =
+        std::collections::VecDeque::new();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        while let Ok(m) = reports.try_recv() {
+            pending.push_back((std::time::Instant::now(), m));
+        }
+        pending.retain(|(at, _)| at.elapsed() < CHECKPOINT_REPORT_TTL);
+        let current = session.borrow().clone();
+        let mut failed = false;
+        if let Some(mut sess) = current {
+            while let Some((at, message)) = pending.pop_front() {
+                let outcome = match message.clone() {
+                    CheckpointMessage::Ack(req) => {
+                        tokio::time::timeout(RPC_TIMEOUT, sess.client.acknowledge_checkpoint(req))
+                            .await
+                            .map(|r| r.map(|_| ()))
+                    }
+                    CheckpointMessage::Decline(req) => {
+                        tokio::time::timeout(RPC_TIMEOUT, sess.client.decline_checkpoint(req))
+                            .await
+                            .map(|r| r.map(|_| ()))
+                    }
+                };
+                match outcome {
+                    Ok(Ok(())) => backoff = MIN_BACKOFF,
+                    outcome => {
+                        if let Ok(Err(status)) = outcome {
+                            tracing::debug!(jobmanager = %sess.addr, message = status.message(), "checkpoint report failed, will retry");
+                        }
+                        pending.push_front((at, message));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let retry_in = backoff;
+        if failed {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        tokio::select! {
+            m = reports.recv() => match m {
+                Some(m) => pending.push_back((std::time::Instant::now(), m)),
+                None => return,
+            },
+            changed = session.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(retry_in), if failed => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +352,18 @@ mod tests {
         ) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
             self.0.reports.lock().unwrap().extend(r.into_inner().status);
             Ok(Response::new(pb::ReportTaskStatusResponse {}))
+        }
+        async fn acknowledge_checkpoint(
+            &self,
+            _: Request<pb::AcknowledgeCheckpointRequest>,
+        ) -> Result<Response<pb::AcknowledgeCheckpointResponse>, Status> {
+            Ok(Response::new(pb::AcknowledgeCheckpointResponse {}))
+        }
+        async fn decline_checkpoint(
+            &self,
+            _: Request<pb::DeclineCheckpointRequest>,
+        ) -> Result<Response<pb::DeclineCheckpointResponse>, Status> {
+            Ok(Response::new(pb::DeclineCheckpointResponse {}))
         }
     }
 

@@ -9,15 +9,22 @@
 //! request itself only fails for a stale leader or a malformed placement.
 
 use crate::exchange::{ChannelKey, InputEndpoint, OutputChannel, RemoteSender};
+use crate::node::CheckpointMessage;
 use crate::node::{Node, StaleTerm};
 use crate::operators::{self, TaskContext};
+use crate::runtime::checkpoint::{Report, RestorePlan, StateConfig, SubtaskScope, TaskState};
 use crate::runtime::{self, EdgeOutput, InputGate, Outputs, Partitioner, Subtask};
+use crate::runtime::{Checkpoints, StatePosition};
+use crate::state::SystemClock;
+use crate::state::manifest::BackendKind;
+use crate::state::storage::CheckpointStorage;
 use crate::tasks::{Failure, TaskKey};
 use arrow::datatypes::Schema;
 use eddy_proto::v1 as pb;
 use eddy_sdk::error::FailureClass;
 use eddy_sdk::graph::{JobGraph, Partitioning};
 use eddy_sdk::ids::{Attempt, JobId, VertexId};
+use eddy_sdk::ids::{CheckpointId, NodeId};
 use eddy_sdk::plan::Schemas;
 use eddy_sdk::spec::JobSpec;
 use std::collections::HashMap;
@@ -38,6 +45,27 @@ pub struct CompiledJob {
     pub spec: JobSpec,
     pub graph: JobGraph,
     pub schemas: Schemas,
+    /// Set when the job takes checkpoints.
+    pub checkpointing: Option<CheckpointSetup>,
+}
+
+/// Where a job's checkpoints go, and what this attempt restores from.
+pub struct CheckpointSetup {
+    pub backend: BackendKind,
+    pub storage: Arc<CheckpointStorage>,
+    pub restore: Option<RestorePlan>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("unknown state backend `{0}` (expected memory or rocksdb)")]
+    Backend(String),
+    #[error("cannot open checkpoint storage {url}")]
+    Storage {
+        url: String,
+        #[source]
+        source: crate::state::storage::Error,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +83,7 @@ pub fn compile(spec_json: &str) -> Result<CompiledJob, CompileError> {
         spec,
         graph,
         schemas,
+        checkpointing: None,
     })
 }
 
@@ -117,8 +146,8 @@ impl Node {
         }
 
         // 2. Compile the spec once.
-        let job = match compile(&req.spec_json) {
-            Ok(job) => Arc::new(job),
+        let mut job = match compile(&req.spec_json) {
+            Ok(job) => job,
             Err(e) => {
                 tracing::warn!(job_id = %job_id, error = ?eddy_sdk::error::error_chain(&e), "cannot compile job spec");
                 for s in &starting {
@@ -127,6 +156,19 @@ impl Node {
                 return Ok(0);
             }
         };
+        if let Some(c) = &req.checkpointing {
+            match self.checkpoint_setup(c, req.restore.as_ref()) {
+                Ok(setup) => job.checkpointing = Some(setup),
+                Err(e) => {
+                    tracing::warn!(job_id = %job_id, error = ?eddy_sdk::error::error_chain(&e), "cannot set up checkpoints");
+                    for s in &starting {
+                        self.fail(&s.key, attempt, &e, FailureClass::Infrastructure);
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let job = Arc::new(job);
 
         // 3. Register every input channel before anything starts.
         let mut ready = Vec::with_capacity(starting.len());
@@ -155,6 +197,112 @@ impl Node {
         }
         tracing::info!(job_id = %job_id, attempt = attempt.0, started, "deployed subtasks");
         Ok(started)
+    }
+
+    fn checkpoint_setup(
+        &self,
+        c: &pb::CheckpointConfig,
+        restore: Option<&pb::RestoreFrom>,
+    ) -> Result<CheckpointSetup, SetupError> {
+        let backend = match c.backend.as_str() {
+            "memory" => BackendKind::Memory,
+            "rocksdb" => BackendKind::Rocksdb,
+            other => return Err(SetupError::Backend(other.to_string())),
+        };
+        let open = |url: &str| {
+            self.storage(url).map_err(|source| SetupError::Storage {
+                url: url.to_string(),
+                source,
+            })
+        };
+        let storage = open(&c.storage)?;
+        let restore = match restore {
+            None => None,
+            Some(r) => Some(RestorePlan {
+                checkpoint: CheckpointId(r.checkpoint_id),
+                storage: if r.storage.is_empty() || r.storage == c.storage {
+                    storage.clone()
+                } else {
+                    open(&r.storage)?
+                },
+                snapshots: r
+                    .snapshots
+                    .iter()
+                    .map(|s| (NodeId(s.node_id.clone()), s.manifest_path.clone()))
+                    .collect(),
+            }),
+        };
+        Ok(CheckpointSetup {
+            backend,
+            storage,
+            restore,
+        })
+    }
+
+    /// Opens (or restores) the state of `chain`'s stateful operators, hands
+    /// each operator its restored state, and connects the subtask to
+    /// checkpoint commands and reports.
+    async fn open_checkpoints(
+        self: &Arc<Self>,
+        setup: &CheckpointSetup,
+        key: &TaskKey,
+        attempt: Attempt,
+        slot: u32,
+        ctx: &TaskContext,
+        chain: &mut operators::Chain,
+    ) -> Result<Checkpoints, runtime::Error> {
+        let config = StateConfig {
+            backend: setup.backend,
+            storage: setup.storage.clone(),
+            slot: self.rocksdb_slots[slot as usize].clone(),
+            clock: Arc::new(SystemClock),
+        };
+        let scope = SubtaskScope {
+            job: key.job_id.clone(),
+            subtask: key.index,
+            max_parallelism: ctx.max_parallelism,
+            key_groups: ctx.key_groups(),
+        };
+        let nodes: Vec<NodeId> = chain.stateful.iter().map(|(_, n)| n.clone()).collect();
+        let (state, restored) =
+            TaskState::open(config, &scope, &nodes, setup.restore.as_ref()).await?;
+        if setup.restore.is_some() {
+            for ((at, _), r) in chain.stateful.iter().zip(restored) {
+                match at {
+                    StatePosition::Source => {
+                        if let Some(source) = chain.source.as_mut() {
+                            source.restore_state(r)?;
+                        }
+                    }
+                    StatePosition::Operator(i) => chain.operators[*i].restore_state(r)?,
+                }
+            }
+        }
+        let (commands, rx) = mpsc::unbounded_channel();
+        self.tasks
+            .set_commands(key, attempt, commands, chain.source.is_some());
+        let (reports, mut from_task) = mpsc::unbounded_channel::<Report>();
+        let node = self.clone();
+        let subtask = pb::SubtaskRef {
+            job_id: key.job_id.0.clone(),
+            vertex: key.vertex.0,
+            index: key.index,
+            attempt: attempt.0,
+        };
+        tokio::spawn(async move {
+            while let Some(report) = from_task.recv().await {
+                let message = report_to_pb(&node.tm_id.0, &subtask, report);
+                if node.checkpoint_reports.send(message).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Checkpoints {
+            state,
+            positions: chain.stateful.iter().map(|(at, _)| *at).collect(),
+            commands: rx,
+            reports,
+        })
     }
 
     /// Handles `CancelJob`: cancels the job's subtasks (each reports CANCELED
@@ -345,9 +493,18 @@ async fn run_subtask(
             parallelism: vertex.parallelism,
             max_parallelism: job.graph.max_parallelism,
             latency_interval: Some(node.config.latency_marker_interval.0).filter(|d| !d.is_zero()),
+            attempt: attempt.0,
+            exactly_once: job.checkpointing.is_some(),
         };
-        let chain = operators::build_chain(&job.spec, &job.graph, &job.schemas, &ctx)
+        let mut chain = operators::build_chain(&job.spec, &job.graph, &job.schemas, &ctx)
             .map_err(runtime::Error::Build)?;
+        let checkpoints = match &job.checkpointing {
+            Some(setup) => Some(
+                node.open_checkpoints(setup, &key, attempt, slot, &ctx, &mut chain)
+                    .await?,
+            ),
+            None => None,
+        };
         let outputs = node
             .connect_outputs(
                 &job.graph,
@@ -366,6 +523,7 @@ async fn run_subtask(
             input: inputs.map(InputGate::new),
             outputs,
             metrics,
+            checkpoints,
         }
         .run()
         .await
@@ -393,12 +551,51 @@ async fn run_subtask(
         Some(Err(e)) => {
             let class = e.class();
             tracing::warn!(class = class.as_str(), error = ?eddy_sdk::error::error_chain(&e), "subtask failed");
-            node.tasks.transition(
-                &key,
-                attempt,
-                pb::TaskState::Failed,
-                Some(Failure::from_error(&e, class)),
-            );
+            let mut failure = Failure::from_error(&e, class);
+            if let runtime::Error::State(s) = &e {
+                failure.damaged_checkpoint = s.damaged_checkpoint().map(|c| c.0);
+            }
+            node.tasks
+                .transition(&key, attempt, pb::TaskState::Failed, Some(failure));
         }
     }
+}
+
+/// A subtask's checkpoint report as the JobManager receives it.
+fn report_to_pb(tm_id: &str, subtask: &pb::SubtaskRef, report: Report) -> CheckpointMessage {
+    match report {
+        Report::Ack {
+            checkpoint,
+            snapshots,
+            timings,
+        } => CheckpointMessage::Ack(pb::AcknowledgeCheckpointRequest {
+            tm_id: tm_id.to_string(),
+            subtask: Some(subtask.clone()),
+            checkpoint_id: checkpoint.0,
+            snapshots: snapshots
+                .into_iter()
+                .map(|s| pb::OperatorSnapshot {
+                    node_id: s.node.0,
+                    manifest_path: s.manifest_path,
+                    state_bytes: s.state_bytes,
+                    uploaded_bytes: s.uploaded_bytes,
+                })
+                .collect(),
+            alignment_ms: millis(timings.alignment),
+            sync_ms: millis(timings.sync),
+            async_ms: millis(timings.upload),
+        }),
+        Report::Decline { checkpoint, reason } => {
+            CheckpointMessage::Decline(pb::DeclineCheckpointRequest {
+                tm_id: tm_id.to_string(),
+                subtask: Some(subtask.clone()),
+                checkpoint_id: checkpoint.0,
+                reason,
+            })
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

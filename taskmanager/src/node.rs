@@ -6,6 +6,8 @@ use crate::config::Config;
 use crate::exchange::{ConnectPolicy, Registry};
 use crate::metrics::Metrics;
 use crate::slot::SlotPool;
+use crate::state::rocksdb::RocksDbSlot;
+use crate::state::storage::{self, CheckpointStorage};
 use crate::tasks::TaskTable;
 use eddy_proto::v1 as pb;
 use eddy_sdk::ids::TaskManagerId;
@@ -55,6 +57,20 @@ pub struct Node {
     /// outgoing exchange channels to that peer (HTTP/2 multiplexes them). Per
     /// slot, so a slot's network I/O runs on the slot's own thread.
     peers: Mutex<HashMap<(u32, String), Channel>>,
+    /// The RocksDB side of each slot (instances under `<data_dir>/slot-<i>`).
+    pub rocksdb_slots: Vec<Arc<RocksDbSlot>>,
+    /// Checkpoint storages by location, opened once.
+    storages: Mutex<HashMap<String, Arc<CheckpointStorage>>>,
+    /// Checkpoint acknowledgements and declines for the JobManager.
+    pub checkpoint_reports: mpsc::UnboundedSender<CheckpointMessage>,
+    checkpoint_reports_rx: Mutex<Option<mpsc::UnboundedReceiver<CheckpointMessage>>>,
+}
+
+/// A subtask's answer to a checkpoint, addressed to the JobManager.
+#[derive(Clone, Debug)]
+pub enum CheckpointMessage {
+    Ack(pb::AcknowledgeCheckpointRequest),
+    Decline(pb::DeclineCheckpointRequest),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +92,23 @@ impl Node {
         let slots = SlotPool::start(config.slots, config.kpu.clone())?;
         metrics.slots_total.set(i64::from(config.slots));
         let (tasks, reports) = TaskTable::new();
+        // Half of a slot's memory goes to RocksDB (block cache and write
+        // buffers); the rest is the operators' own.
+        let rocksdb_slots = (0..config.slots)
+            .map(|i| {
+                let slot = RocksDbSlot::new(
+                    config.data_dir.join(format!("slot-{i}")).join("rocksdb"),
+                    config.kpu.memory.0 / 2,
+                );
+                // Instances a killed process left behind are worthless: a
+                // restart restores from a checkpoint.
+                if let Err(e) = slot.remove_leftovers() {
+                    tracing::warn!(slot = i, error = %e, "cannot remove leftover state");
+                }
+                Arc::new(slot)
+            })
+            .collect();
+        let (checkpoint_reports, checkpoint_reports_rx) = mpsc::unbounded_channel();
         let node = Node {
             tm_id: config.tm_id(),
             rpc_addr,
@@ -87,6 +120,10 @@ impl Node {
             leader_term: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             peers: Mutex::default(),
+            rocksdb_slots,
+            storages: Mutex::default(),
+            checkpoint_reports,
+            checkpoint_reports_rx: Mutex::new(Some(checkpoint_reports_rx)),
             config,
         };
         Ok((Arc::new(node), reports))
@@ -117,6 +154,25 @@ impl Node {
         let channel = eddy_sdk::server::rpc::connect(addr)?;
         peers.insert((slot, addr.to_string()), channel.clone());
         Ok(channel)
+    }
+
+    /// The checkpoint storage at `url`, opened on first use.
+    pub fn storage(&self, url: &str) -> Result<Arc<CheckpointStorage>, storage::Error> {
+        let mut storages = self.storages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = storages.get(url) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(CheckpointStorage::open(url, &[])?);
+        storages.insert(url.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// The stream of checkpoint reports (taken once, by the JobManager client).
+    pub fn take_checkpoint_reports(&self) -> Option<mpsc::UnboundedReceiver<CheckpointMessage>> {
+        self.checkpoint_reports_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn kpu_proto(&self) -> pb::Kpu {

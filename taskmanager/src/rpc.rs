@@ -3,8 +3,10 @@
 
 use crate::deploy;
 use crate::node::Node;
+use crate::runtime::checkpoint::Command;
 use eddy_proto::v1 as pb;
-use eddy_sdk::ids::JobId;
+use eddy_sdk::ids::{Attempt, CheckpointId, JobId};
+use eddy_sdk::operator::{Barrier, BarrierKind};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -46,5 +48,76 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
             .cancel_job(&JobId(req.job_id), req.leader_term)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::CancelJobResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id, attempt = request.get_ref().attempt, checkpoint_id = request.get_ref().checkpoint_id))]
+    async fn trigger_checkpoint(
+        &self,
+        request: Request<pb::TriggerCheckpointRequest>,
+    ) -> Result<Response<pb::TriggerCheckpointResponse>, Status> {
+        let req = request.into_inner();
+        self.observe(req.leader_term)?;
+        let kind = match pb::BarrierKind::try_from(req.kind) {
+            Ok(pb::BarrierKind::Checkpoint) => BarrierKind::Checkpoint,
+            Ok(pb::BarrierKind::Savepoint) => BarrierKind::Savepoint,
+            Ok(pb::BarrierKind::StopWithSavepoint) => BarrierKind::StopWithSavepoint,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown barrier kind {}",
+                    req.kind
+                )));
+            }
+        };
+        let barrier = Barrier {
+            checkpoint: CheckpointId(req.checkpoint_id),
+            timestamp_ms: req.timestamp_ms,
+            kind,
+        };
+        let sources = self.node.tasks.command(
+            &JobId(req.job_id),
+            Attempt(req.attempt),
+            &Command::Trigger(barrier),
+            true,
+        );
+        Ok(Response::new(pb::TriggerCheckpointResponse {
+            sources: u32::try_from(sources).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id, checkpoint_id = request.get_ref().checkpoint_id))]
+    async fn notify_checkpoint_complete(
+        &self,
+        request: Request<pb::CheckpointNotice>,
+    ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
+        let req = request.into_inner();
+        self.observe(req.leader_term)?;
+        let cmd = Command::Complete(CheckpointId(req.checkpoint_id));
+        self.node
+            .tasks
+            .command(&JobId(req.job_id), Attempt(req.attempt), &cmd, false);
+        Ok(Response::new(pb::CheckpointNoticeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id, checkpoint_id = request.get_ref().checkpoint_id))]
+    async fn abort_checkpoint(
+        &self,
+        request: Request<pb::CheckpointNotice>,
+    ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
+        let req = request.into_inner();
+        self.observe(req.leader_term)?;
+        tracing::info!(reason = %req.reason, "checkpoint aborted");
+        let cmd = Command::Abort(CheckpointId(req.checkpoint_id));
+        self.node
+            .tasks
+            .command(&JobId(req.job_id), Attempt(req.attempt), &cmd, false);
+        Ok(Response::new(pb::CheckpointNoticeResponse {}))
+    }
+}
+
+impl TaskManagerRpc {
+    fn observe(&self, term: u64) -> Result<(), Status> {
+        self.node
+            .observe_term(term)
+            .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 }

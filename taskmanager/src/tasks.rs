@@ -7,6 +7,7 @@
 //! across an await.
 
 use crate::metrics::{Metrics, StateLabel, StateLabels, SubtaskLabels};
+use crate::runtime::checkpoint::Command;
 use crate::runtime::metrics::SubtaskMetrics;
 use eddy_proto::v1 as pb;
 use eddy_sdk::error::FailureClass;
@@ -31,6 +32,8 @@ pub struct TaskKey {
 pub struct Failure {
     pub chain: Vec<String>,
     pub class: FailureClass,
+    /// The checkpoint restored from, when it turned out damaged.
+    pub damaged_checkpoint: Option<u64>,
 }
 
 impl Failure {
@@ -38,6 +41,7 @@ impl Failure {
         Failure {
             chain: eddy_sdk::error::error_chain(e),
             class,
+            damaged_checkpoint: None,
         }
     }
 }
@@ -53,6 +57,10 @@ struct Entry {
     /// Counter values already added to the Prometheus counters.
     exported_in: u64,
     exported_out: u64,
+    /// Checkpoint commands for the running subtask (jobs with checkpoints).
+    commands: Option<mpsc::UnboundedSender<Command>>,
+    /// Whether the subtask runs a source (triggers go to sources only).
+    source: bool,
 }
 
 fn is_terminal(s: pb::TaskState) -> bool {
@@ -108,6 +116,11 @@ impl TaskTable {
                 .unwrap_or_default(),
             metrics: Some(e.metrics.to_proto()),
             slot: e.slot,
+            damaged_checkpoint: e
+                .failure
+                .as_ref()
+                .and_then(|f| f.damaged_checkpoint)
+                .unwrap_or(0),
         }
     }
 
@@ -136,6 +149,8 @@ impl TaskTable {
             ended_at: None,
             exported_in: 0,
             exported_out: 0,
+            commands: None,
+            source: false,
         };
         let status = Self::status(&key, &entry);
         if let Some(old) = self.lock().insert(key, entry) {
@@ -168,6 +183,44 @@ impl TaskTable {
             Self::status(key, e)
         };
         let _ = self.reports.send(status);
+    }
+
+    /// Connects `attempt` of the subtask to checkpoint commands.
+    pub fn set_commands(
+        &self,
+        key: &TaskKey,
+        attempt: Attempt,
+        commands: mpsc::UnboundedSender<Command>,
+        source: bool,
+    ) {
+        if let Some(e) = self.lock().get_mut(key)
+            && e.attempt == attempt
+        {
+            e.commands = Some(commands);
+            e.source = source;
+        }
+    }
+
+    /// Sends `cmd` to the live subtasks of `attempt` of `job_id` (only to
+    /// source subtasks when `sources_only`); returns how many received it.
+    pub fn command(
+        &self,
+        job_id: &JobId,
+        attempt: Attempt,
+        cmd: &Command,
+        sources_only: bool,
+    ) -> usize {
+        self.lock()
+            .iter()
+            .filter(|(k, e)| {
+                &k.job_id == job_id
+                    && e.attempt == attempt
+                    && !is_terminal(e.state)
+                    && (e.source || !sources_only)
+            })
+            .filter_map(|(_, e)| e.commands.as_ref())
+            .filter(|tx| tx.send(cmd.clone()).is_ok())
+            .count()
     }
 
     /// Cancels every subtask of `job_id`; returns how many were still running.

@@ -140,6 +140,8 @@ async fn deploy_two_vertex_job_on_one_taskmanager_counts_every_row() {
         placements: all.clone(),
         deploy: all,
         leader_term: 1,
+        checkpointing: None,
+        restore: None,
     };
     assert_eq!(tm.node.deploy(req).unwrap(), 4);
     let statuses = wait_ended(&[&tm], 4).await;
@@ -183,6 +185,8 @@ async fn deploy_over_two_taskmanagers_exchanges_remotely() {
             placements: placements.clone(),
             deploy,
             leader_term: 1,
+            checkpointing: None,
+            restore: None,
         };
         client.deploy_tasks(req).await.unwrap();
     }
@@ -215,6 +219,8 @@ async fn deploy_stale_term_refused_and_bad_spec_fails_subtasks() {
         placements: p.clone(),
         deploy: p.clone(),
         leader_term: term,
+        checkpointing: None,
+        restore: None,
     };
     assert_eq!(tm.node.deploy(req(5, "{not json")).unwrap(), 0);
     let s = &tm.node.tasks.statuses()[0];
@@ -246,6 +252,8 @@ async fn cancel_job_stops_unbounded_subtasks() {
         placements: p.clone(),
         deploy: p,
         leader_term: 1,
+        checkpointing: None,
+        restore: None,
     };
     tm.node.deploy(req).unwrap();
     for _ in 0..200 {

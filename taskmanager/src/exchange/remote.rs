@@ -152,6 +152,7 @@ impl RemoteSender {
             Element::Watermark(wm) => (Kind::WatermarkMs(wm), 0),
             Element::LatencyMarker(stamp) => (Kind::LatencyMarkerUnixNs(stamp), 0),
             Element::EndOfStream => (Kind::EndOfStream(pb::EndOfStream {}), 0),
+            Element::Barrier(b) => (Kind::Barrier(barrier_to_pb(&b)), 0),
         };
         self.acquire_credit(metrics).await?;
         if self
@@ -207,4 +208,34 @@ impl RemoteSender {
             source: status,
         })
     }
+}
+
+/// The wire form of a barrier.
+pub(crate) fn barrier_to_pb(b: &eddy_sdk::operator::Barrier) -> pb::Barrier {
+    use eddy_sdk::operator::BarrierKind as K;
+    let kind = match b.kind {
+        K::Checkpoint => pb::BarrierKind::Checkpoint,
+        K::Savepoint => pb::BarrierKind::Savepoint,
+        K::StopWithSavepoint => pb::BarrierKind::StopWithSavepoint,
+    };
+    pb::Barrier {
+        checkpoint_id: b.checkpoint.0,
+        timestamp_ms: b.timestamp_ms,
+        kind: kind as i32,
+    }
+}
+
+/// A barrier from the wire; `None` for an unknown kind (a newer peer).
+pub(crate) fn barrier_from_pb(b: &pb::Barrier) -> Option<eddy_sdk::operator::Barrier> {
+    use eddy_sdk::operator::BarrierKind as K;
+    let kind = match pb::BarrierKind::try_from(b.kind).ok()? {
+        pb::BarrierKind::Checkpoint => K::Checkpoint,
+        pb::BarrierKind::Savepoint => K::Savepoint,
+        pb::BarrierKind::StopWithSavepoint => K::StopWithSavepoint,
+    };
+    Some(eddy_sdk::operator::Barrier {
+        checkpoint: eddy_sdk::ids::CheckpointId(b.checkpoint_id),
+        timestamp_ms: b.timestamp_ms,
+        kind,
+    })
 }

@@ -155,6 +155,21 @@ async fn pump(
             Some(Kind::WatermarkMs(wm)) => Element::Watermark(wm),
             Some(Kind::LatencyMarkerUnixNs(stamp)) => Element::LatencyMarker(stamp),
             Some(Kind::EndOfStream(_)) => Element::EndOfStream,
+            Some(Kind::Barrier(b)) => match super::remote::barrier_from_pb(&b) {
+                Some(b) => Element::Barrier(b),
+                None => {
+                    let reason = format!("a barrier of unknown kind {}", b.kind);
+                    fail(
+                        &key,
+                        &endpoint,
+                        &credits,
+                        Some(Status::invalid_argument(&reason)),
+                        &reason,
+                    )
+                    .await;
+                    return;
+                }
+            },
             Some(Kind::Header(_)) => {
                 let reason = "a channel header after the first frame";
                 fail(

@@ -176,7 +176,7 @@ async fn remote_channel_unread_consumer_stops_producer_after_bounded_frames() {
         match item.unwrap() {
             Element::Batch(_) => received += 1,
             Element::EndOfStream => break,
-            Element::Watermark(_) | Element::LatencyMarker(_) => {}
+            Element::Watermark(_) | Element::LatencyMarker(_) | Element::Barrier(_) => {}
         }
     }
     task.await.unwrap().unwrap();

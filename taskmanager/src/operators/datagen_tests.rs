@@ -42,6 +42,8 @@ fn source(spec: &JobSpec, subtask: u32, parallelism: u32) -> Datagen {
         parallelism,
         max_parallelism: 128,
         latency_interval: None,
+        attempt: 0,
+        exactly_once: false,
     };
     Datagen::new(&spec.nodes[0].id, d, schema, &ctx)
 }

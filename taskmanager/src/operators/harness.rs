@@ -3,17 +3,141 @@
 //! out at the end.
 
 use arrow::array::RecordBatch;
+use eddy_sdk::ids::{CheckpointId, KeyGroup};
 use eddy_sdk::operator::{
-    Collector, Element, Operator, OperatorError, OperatorMetrics, Source, SourcePoll,
+    Barrier, BarrierKind, Collector, Element, Operator, OperatorError, OperatorMetrics,
+    RestoredState, Source, SourcePoll, StateChanges, StateEntry,
 };
+use eddy_sdk::operator_state::StateChange;
+use std::collections::BTreeMap;
+use std::ops::Range;
 
 pub struct OperatorHarness {
     ops: Vec<Box<dyn Operator>>,
+    /// What each operator's state backend would hold after its snapshots.
+    images: Vec<StateImage>,
+}
+
+/// What a state backend holds after applying the changes an operator
+/// reported at its barriers (a stand-in for the real backends, which have
+/// tests of their own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateImage {
+    states: BTreeMap<String, BTreeMap<(u32, Vec<u8>), Vec<u8>>>,
+}
+
+impl StateImage {
+    pub fn apply(&mut self, changes: StateChanges) {
+        let (clear, changes) = changes.into_parts();
+        if clear {
+            self.states.clear();
+        }
+        for c in changes {
+            match c {
+                StateChange::Put { state, entry } => {
+                    self.states
+                        .entry(state.to_string())
+                        .or_default()
+                        .insert((entry.key_group.0, entry.key), entry.value);
+                }
+                StateChange::Delete {
+                    state,
+                    key_group,
+                    key,
+                } => {
+                    if let Some(s) = self.states.get_mut(state) {
+                        s.remove(&(key_group.0, key));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The entries a subtask owning `key_groups` restores, from any number of
+    /// images (the snapshots of every subtask of the old parallelism).
+    pub fn restore(images: &[&StateImage], key_groups: Range<u32>) -> RestoredState {
+        let mut r = RestoredState::new(key_groups.clone());
+        for image in images {
+            for (name, entries) in &image.states {
+                for ((kg, key), value) in entries {
+                    if key_groups.contains(kg) {
+                        r.insert(
+                            name,
+                            StateEntry {
+                                key_group: KeyGroup(*kg),
+                                key: key.clone(),
+                                value: value.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Entries over all states.
+    pub fn len(&self) -> usize {
+        self.states.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The context of subtask `subtask` of `parallelism` (128 key groups) of
+/// job `job-1`, attempt 0.
+pub fn task_context(subtask: u32, parallelism: u32, exactly_once: bool) -> super::TaskContext {
+    super::TaskContext {
+        job_id: eddy_sdk::ids::JobId::from("job-1"),
+        vertex: eddy_sdk::ids::VertexId(0),
+        subtask,
+        parallelism,
+        max_parallelism: 128,
+        latency_interval: None,
+        attempt: 0,
+        exactly_once,
+    }
+}
+
+/// A checkpoint barrier with id `n`.
+pub fn barrier(n: u64) -> Barrier {
+    Barrier {
+        checkpoint: CheckpointId(n),
+        timestamp_ms: 0,
+        kind: BarrierKind::Checkpoint,
+    }
 }
 
 impl OperatorHarness {
     pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
-        OperatorHarness { ops }
+        let images = vec![StateImage::default(); ops.len()];
+        OperatorHarness { ops, images }
+    }
+
+    /// Passes a barrier through the chain: every operator snapshots into its
+    /// [`StateImage`]. Returns what the chain emitted (the barrier last).
+    pub fn checkpoint(&mut self, n: u64) -> Result<Vec<Element>, OperatorError> {
+        self.push(Element::Barrier(barrier(n)))
+    }
+
+    /// The state operator `op` reported so far.
+    pub fn image(&self, op: usize) -> &StateImage {
+        &self.images[op]
+    }
+
+    /// Restores operator `op` (before any input), as the runtime does.
+    pub fn restore(&mut self, op: usize, state: RestoredState) -> Result<(), OperatorError> {
+        self.ops[op].restore_state(state)
+    }
+
+    /// Tells every operator that checkpoint `n` was committed.
+    pub fn complete(&mut self, n: u64) -> Result<(), OperatorError> {
+        for op in &mut self.ops {
+            op.notify_checkpoint_complete(CheckpointId(n))?;
+        }
+        Ok(())
     }
 
     /// Pushes one element through every operator in order; returns what the
@@ -21,7 +145,7 @@ impl OperatorHarness {
     /// `EndOfStream`, as the runtime does.
     pub fn push(&mut self, element: Element) -> Result<Vec<Element>, OperatorError> {
         let mut pending = vec![element];
-        for op in &mut self.ops {
+        for (op, image) in self.ops.iter_mut().zip(&mut self.images) {
             let mut next = Vec::new();
             for e in pending {
                 let mut c = Collector::new();
@@ -33,6 +157,12 @@ impl OperatorHarness {
                         c.push(Element::EndOfStream);
                     }
                     marker @ Element::LatencyMarker(_) => c.push(marker),
+                    Element::Barrier(b) => {
+                        let mut changes = StateChanges::new();
+                        op.snapshot_state(&b, &mut changes)?;
+                        image.apply(changes);
+                        c.push(Element::Barrier(b));
+                    }
                 }
                 next.extend(c.drain());
             }

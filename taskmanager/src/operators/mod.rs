@@ -12,6 +12,7 @@
 pub mod datagen;
 pub mod filter;
 pub mod nexmark;
+mod file_commit;
 pub(crate) mod pacing;
 pub mod project;
 pub mod prune;
@@ -45,6 +46,18 @@ pub struct TaskContext {
     pub max_parallelism: u32,
     /// Sources send a latency marker this often (`None`: never).
     pub latency_interval: Option<std::time::Duration>,
+    /// How many times the job's tasks were deployed before this one.
+    pub attempt: u32,
+    /// The job takes checkpoints: sinks write transactionally (visible only
+    /// once the checkpoint covering the data is committed).
+    pub exactly_once: bool,
+}
+
+impl TaskContext {
+    /// The key groups this subtask owns.
+    pub fn key_groups(&self) -> std::ops::Range<u32> {
+        eddy_sdk::keygroup::key_group_range(self.max_parallelism, self.parallelism, self.subtask)
+    }
 }
 
 /// The operators of one subtask, in chain order.
@@ -56,6 +69,8 @@ pub struct Chain {
     pub operators: Vec<Box<dyn Operator>>,
     /// The schema of the batches the chain emits.
     pub output_schema: SchemaRef,
+    /// The stateful operators: where each is in the chain, and its node.
+    pub stateful: Vec<(crate::runtime::StatePosition, NodeId)>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -98,6 +113,7 @@ pub fn build_chain(
     let mut source: Option<Box<dyn Source>> = None;
     let mut operators: Vec<Box<dyn Operator>> = Vec::with_capacity(vertex.nodes.len() + 1);
     let mut output_schema = None;
+    let mut stateful = Vec::new();
     for (position, id) in vertex.nodes.iter().enumerate() {
         let node = spec.node(id).ok_or_else(|| {
             plan_error(format!(
@@ -112,6 +128,14 @@ pub fn build_chain(
                 .ok_or_else(|| plan_error(format!("node `{id}` has no input")))
                 .and_then(|i| schema_of(schemas, i))
         };
+        if node.kind.is_stateful() {
+            let at = if node.kind.is_source() {
+                crate::runtime::StatePosition::Source
+            } else {
+                crate::runtime::StatePosition::Operator(operators.len())
+            };
+            stateful.push((at, id.clone()));
+        }
         match &node.kind {
             NodeKind::Datagen(d) => {
                 if position != 0 {
@@ -148,7 +172,7 @@ pub fn build_chain(
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),
             NodeKind::Blackhole(b) => operators.push(Box::new(sink::Blackhole::new(b))),
             NodeKind::File(f) => {
-                operators.push(Box::new(sink::FileSink::create(id, f, ctx.subtask)?))
+                operators.push(Box::new(sink::FileSink::create(id, f, ctx)?))
             }
         }
         output_schema = Some(output);
@@ -180,6 +204,7 @@ pub fn build_chain(
         source,
         operators,
         output_schema,
+        stateful,
     })
 }
 

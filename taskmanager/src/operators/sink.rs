@@ -8,17 +8,23 @@
 //! time zone is taken as UTC (`2026-01-01T00:00:01.000Z`), one with a zone
 //! keeps its offset. Null values are left out of the JSON object.
 //!
-//! The file sink truncates its part file when it starts, buffers writes,
-//! flushes when the watermark advances (at most once per second) and at the
-//! end of input, where it also syncs the file to disk. It is not transactional:
+//! Without checkpoints, the file sink truncates its part file when it starts,
+//! buffers writes, flushes when the watermark advances (at most once per
+//! second) and at the end of input, where it also syncs the file to disk:
 //! after a restart, a part file holds what was written since that restart.
+//! With checkpoints it writes transactionally ([`super::file_commit`]): output
+//! becomes visible only once the checkpoint covering it is committed.
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use arrow_json::writer::{LineDelimited, Writer, WriterBuilder};
+use super::TaskContext;
+use super::file_commit::Transactional;
 use eddy_sdk::FailureClass;
-use eddy_sdk::ids::NodeId;
-use eddy_sdk::operator::{Collector, Operator, OperatorError};
+use eddy_sdk::ids::{CheckpointId, NodeId};
+use eddy_sdk::operator::{
+    Barrier, Collector, Operator, OperatorError, RestoredState, StateChanges,
+};
 use eddy_sdk::spec::{BlackholeSpec, FileFormat, FileSinkSpec};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -32,7 +38,7 @@ const TIMESTAMP_TZ_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%:z";
 /// The file sink flushes on watermarks at most this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-fn json_writer<W: Write>(w: W) -> Writer<W, LineDelimited> {
+pub(super) fn json_writer<W: Write>(w: W) -> Writer<W, LineDelimited> {
     WriterBuilder::new()
         .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
         .with_timestamp_tz_format(TIMESTAMP_TZ_FORMAT.to_string())
@@ -134,66 +140,99 @@ impl Operator for Blackhole {
     }
 }
 
-/// `file`: JSON lines in `<path>/part-<subtask>.jsonl`.
+/// `file`: JSON lines. Without checkpoints, in `<path>/part-<subtask>.jsonl`
+/// (truncated at start); with checkpoints, transactionally (see
+/// [`super::file_commit`]).
 pub struct FileSink {
-    path: PathBuf,
-    writer: Writer<BufWriter<File>, LineDelimited>,
+    node: NodeId,
+    mode: Mode,
     last_flush: Instant,
     dirty: bool,
 }
 
+enum Mode {
+    /// One part file per subtask, rewritten by every attempt.
+    Plain {
+        path: PathBuf,
+        writer: Writer<BufWriter<File>, LineDelimited>,
+    },
+    /// Two-phase commit: in-progress files, pending at a barrier, visible
+    /// once the checkpoint is committed.
+    Transactional(Box<Transactional>),
+}
+
 impl FileSink {
-    /// Creates the directory and the part file (truncating it).
-    pub fn create(node: &NodeId, spec: &FileSinkSpec, subtask: u32) -> Result<Self, OperatorError> {
+    /// Creates the directory; without checkpoints also the part file
+    /// (truncating it). With checkpoints, files are created as data comes.
+    pub fn create(
+        node: &NodeId,
+        spec: &FileSinkSpec,
+        ctx: &TaskContext,
+    ) -> Result<Self, OperatorError> {
         match spec.format {
             FileFormat::Jsonl => {}
         }
         let dir = Path::new(&spec.path);
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(node, dir, "cannot create directory", e))?;
-        let path = dir.join(format!("part-{subtask}.jsonl"));
-        let file = File::create(&path).map_err(|e| io_error(node, &path, "cannot create", e))?;
-        tracing::debug!(node = %node, subtask, path = %path.display(), "file sink opened");
+        let mode = if ctx.exactly_once {
+            Mode::Transactional(Box::new(Transactional::new(node, dir, ctx)))
+        } else {
+            let path = dir.join(format!("part-{}.jsonl", ctx.subtask));
+            let file =
+                File::create(&path).map_err(|e| io_error(node, &path, "cannot create", e))?;
+            Mode::Plain {
+                path,
+                writer: json_writer(BufWriter::new(file)),
+            }
+        };
+        tracing::debug!(node = %node, subtask = ctx.subtask, dir = %dir.display(), "file sink opened");
         Ok(FileSink {
-            path,
-            writer: json_writer(BufWriter::new(file)),
+            node: node.clone(),
+            mode,
             last_flush: Instant::now(),
             dirty: false,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The part file (plain mode) or the current in-progress file.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.mode {
+            Mode::Plain { path, .. } => Some(path),
+            Mode::Transactional(t) => t.current_path(),
+        }
     }
 
     fn flush(&mut self) -> Result<(), OperatorError> {
-        self.writer
-            .get_mut()
-            .flush()
-            .map_err(|e| self.write_error(e))?;
+        match &mut self.mode {
+            Mode::Plain { path, writer } => writer
+                .get_mut()
+                .flush()
+                .map_err(|e| io_error(&self.node, path, "cannot write", e))?,
+            Mode::Transactional(t) => t.flush()?,
+        }
         self.last_flush = Instant::now();
         self.dirty = false;
         Ok(())
-    }
-
-    fn write_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> OperatorError {
-        OperatorError::new(
-            FailureClass::Connector,
-            format!("file sink cannot write {}", self.path.display()),
-        )
-        .with_source(e)
     }
 }
 
 impl Operator for FileSink {
     fn on_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<(), OperatorError> {
-        match self.writer.write(&batch) {
+        let (result, path) = match &mut self.mode {
+            Mode::Plain { path, writer } => (writer.write(&batch), path.clone()),
+            Mode::Transactional(t) => {
+                let (writer, path) = t.writer()?;
+                (writer.write(&batch), path)
+            }
+        };
+        match result {
             Ok(()) => {
                 self.dirty = true;
                 Ok(())
             }
             // arrow-json reports I/O failures of the underlying writer as IoError.
-            Err(ArrowError::IoError(_, e)) => Err(self.write_error(e)),
+            Err(ArrowError::IoError(_, e)) => Err(io_error(&self.node, &path, "cannot write", e)),
             Err(e) => Err(encode_error("file", e)),
         }
     }
@@ -207,17 +246,48 @@ impl Operator for FileSink {
     }
 
     fn on_end(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
-        self.writer.finish().map_err(|e| encode_error("file", e))?;
-        self.flush()?;
-        self.writer
-            .get_ref()
-            .get_ref()
-            .sync_data()
-            .map_err(|e| self.write_error(e))
+        match &mut self.mode {
+            Mode::Plain { path, writer } => {
+                writer.finish().map_err(|e| encode_error("file", e))?;
+                let file = writer.get_mut();
+                file.flush()
+                    .and_then(|()| file.get_ref().sync_data())
+                    .map_err(|e| io_error(&self.node, path, "cannot write", e))
+            }
+            Mode::Transactional(t) => t.end(),
+        }
+    }
+
+    fn snapshot_state(
+        &mut self,
+        barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        match &mut self.mode {
+            Mode::Plain { .. } => Ok(()),
+            Mode::Transactional(t) => {
+                self.dirty = false;
+                t.pre_commit(barrier.checkpoint, changes)
+            }
+        }
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        match &mut self.mode {
+            Mode::Plain { .. } => Ok(()),
+            Mode::Transactional(t) => t.restore(state),
+        }
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), OperatorError> {
+        match &mut self.mode {
+            Mode::Plain { .. } => Ok(()),
+            Mode::Transactional(t) => t.commit_up_to(checkpoint),
+        }
     }
 }
 
-fn encode_error(sink: &str, e: ArrowError) -> OperatorError {
+pub(super) fn encode_error(sink: &str, e: ArrowError) -> OperatorError {
     OperatorError::new(
         FailureClass::BadData,
         format!("{sink} sink cannot encode a batch as json"),
@@ -225,7 +295,7 @@ fn encode_error(sink: &str, e: ArrowError) -> OperatorError {
     .with_source(e)
 }
 
-fn io_error(node: &NodeId, path: &Path, what: &str, e: std::io::Error) -> OperatorError {
+pub(super) fn io_error(node: &NodeId, path: &Path, what: &str, e: std::io::Error) -> OperatorError {
     OperatorError::new(
         FailureClass::Connector,
         format!("file sink `{node}` {what} {}", path.display()),

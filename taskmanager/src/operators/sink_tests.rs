@@ -1,5 +1,5 @@
 use super::*;
-use crate::operators::harness::{OperatorHarness, watermarks};
+use crate::operators::harness::{OperatorHarness, task_context, watermarks};
 use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use std::sync::{Arc, Mutex};
@@ -43,8 +43,8 @@ fn file_sink_writes_json_lines_per_subtask() {
         path: out.to_string_lossy().into_owned(),
         format: FileFormat::Jsonl,
     };
-    let sink = FileSink::create(&NodeId::from("out"), &spec, 3).unwrap();
-    assert_eq!(sink.path(), out.join("part-3.jsonl"));
+    let sink = FileSink::create(&NodeId::from("out"), &spec, &task_context(3, 4, false)).unwrap();
+    assert_eq!(sink.path(), Some(out.join("part-3.jsonl").as_path()));
     let mut h = OperatorHarness::new(vec![Box::new(sink)]);
     h.batch(batch()).unwrap();
     assert_eq!(
@@ -69,7 +69,7 @@ fn file_sink_unwritable_path_is_a_connector_error_naming_it() {
         path: blocker.join("sub").to_string_lossy().into_owned(),
         format: FileFormat::Jsonl,
     };
-    let e = FileSink::create(&NodeId::from("out"), &spec, 0)
+    let e = FileSink::create(&NodeId::from("out"), &spec, &task_context(0, 1, false))
         .err()
         .unwrap();
     assert_eq!(e.class, FailureClass::Connector);

@@ -34,6 +34,8 @@ fn ctx(vertex: u32) -> TaskContext {
         parallelism: 1,
         max_parallelism: 128,
         latency_interval: None,
+        attempt: 0,
+        exactly_once: false,
     }
 }
 

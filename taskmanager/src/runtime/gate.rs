@@ -6,14 +6,23 @@
 //! when that minimum advances. The end of stream is emitted once every channel
 //! has ended. A channel that closes without an end of stream, or delivers a
 //! failure, fails the subtask.
+//!
+//! Barrier rule (aligned checkpoints): a channel that delivered barrier `n`
+//! is not read until every channel that has not ended delivered it too; then
+//! the gate emits the barrier once, and reads all channels again. Elements
+//! behind the barrier wait in their channels, so the producers backpressure.
+//! A newer barrier abandons the alignment of an older one (that checkpoint
+//! was given up); a barrier not newer than the last one seen, other than the
+//! one being aligned, is dropped (its checkpoint is over at this gate).
 
 use super::Error;
 use crate::exchange::ChannelItem;
-use eddy_sdk::operator::Element;
-use futures::stream::{self, BoxStream, SelectAll, StreamExt};
+use eddy_sdk::ids::CheckpointId;
+use eddy_sdk::operator::{Barrier, Element};
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// The watermark and end-of-stream bookkeeping of a gate (no I/O).
 #[derive(Debug)]
@@ -77,39 +86,116 @@ impl GateState {
     }
 }
 
-/// A channel's items tagged with its index; `None` once it closed.
-type Tagged = (usize, Option<ChannelItem>);
+/// The barrier a gate is aligning: channels that delivered it are not read
+/// again until every open channel has (their producers backpressure).
+#[derive(Debug)]
+struct Alignment {
+    barrier: Barrier,
+    blocked: Vec<bool>,
+    waiting: usize,
+    started: Instant,
+}
 
 pub struct InputGate {
-    inputs: SelectAll<BoxStream<'static, Tagged>>,
+    channels: Vec<mpsc::Receiver<ChannelItem>>,
     state: GateState,
     pending: VecDeque<Element>,
     /// Names of the channels, for error messages.
     names: Vec<String>,
+    aligning: Option<Alignment>,
+    /// The newest checkpoint whose barrier this gate has seen.
+    newest: Option<CheckpointId>,
+    /// Where the next read starts, so no channel starves the others.
+    next_start: usize,
+    /// How long the last completed alignment took.
+    last_alignment: Duration,
 }
 
 impl InputGate {
     /// A gate over `channels`, each with a name for error messages.
     pub fn new(channels: Vec<(String, mpsc::Receiver<ChannelItem>)>) -> Self {
-        let mut names = Vec::with_capacity(channels.len());
-        let mut inputs = SelectAll::new();
-        for (i, (name, rx)) in channels.into_iter().enumerate() {
-            names.push(name);
-            let s = ReceiverStream::new(rx)
-                .map(move |item| (i, Some(item)))
-                .chain(stream::once(async move { (i, None) }));
-            inputs.push(s.boxed());
-        }
+        let (names, channels): (Vec<String>, Vec<_>) = channels.into_iter().unzip();
         InputGate {
             state: GateState::new(names.len()),
-            inputs,
+            channels,
             pending: VecDeque::new(),
             names,
+            aligning: None,
+            newest: None,
+            next_start: 0,
+            last_alignment: Duration::ZERO,
         }
     }
 
-    /// The next element: a batch, an advanced watermark, or the end of stream
-    /// once every channel has ended.
+    /// How long the last barrier waited for all channels.
+    pub fn last_alignment(&self) -> Duration {
+        self.last_alignment
+    }
+
+    /// Polls the channels that are neither ended nor blocked by an alignment.
+    fn poll_channels(&mut self, cx: &mut Context<'_>) -> Poll<(usize, Option<ChannelItem>)> {
+        let n = self.channels.len();
+        for k in 0..n {
+            let ch = (self.next_start + k) % n;
+            let blocked = self.aligning.as_ref().is_some_and(|a| a.blocked[ch]);
+            if blocked || self.state.is_ended(ch) {
+                continue;
+            }
+            if let Poll::Ready(item) = self.channels[ch].poll_recv(cx) {
+                self.next_start = (ch + 1) % n;
+                return Poll::Ready((ch, item));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Channel `ch` delivered `barrier`: block it, and release the barrier
+    /// once every channel that has not ended delivered it too.
+    fn on_barrier(&mut self, ch: usize, barrier: Barrier) {
+        match &self.aligning {
+            Some(a) if barrier.checkpoint == a.barrier.checkpoint => {}
+            Some(a) if barrier.checkpoint > a.barrier.checkpoint => {
+                // The older checkpoint was given up upstream: so is its alignment.
+                tracing::debug!(
+                    checkpoint_id = a.barrier.checkpoint.0,
+                    newer = barrier.checkpoint.0,
+                    "abandoning the alignment of an older barrier"
+                );
+                self.aligning = None;
+            }
+            // Older than, or the same as, a barrier already released or
+            // abandoned: its checkpoint is over here.
+            _ if self.newest.is_some_and(|n| barrier.checkpoint <= n) => return,
+            _ => {}
+        }
+        self.newest = Some(barrier.checkpoint);
+        let n = self.channels.len();
+        let open = (0..n).filter(|&c| !self.state.is_ended(c)).count();
+        let a = self.aligning.get_or_insert_with(|| Alignment {
+            barrier,
+            blocked: vec![false; n],
+            waiting: open,
+            started: Instant::now(),
+        });
+        if !a.blocked[ch] {
+            a.blocked[ch] = true;
+            a.waiting = a.waiting.saturating_sub(1);
+        }
+        self.release_if_aligned();
+    }
+
+    fn release_if_aligned(&mut self) {
+        if self.aligning.as_ref().is_some_and(|a| a.waiting == 0)
+            && let Some(a) = self.aligning.take()
+        {
+            self.last_alignment = a.started.elapsed();
+            self.pending.push_back(Element::Barrier(a.barrier));
+        }
+    }
+
+    /// The next element: a batch, an advanced watermark, an aligned barrier,
+    /// or the end of stream once every channel has ended. Cancel-safe: an
+    /// element read is never lost when the returned future is dropped.
     pub async fn next(&mut self) -> Result<Element, Error> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -118,11 +204,7 @@ impl InputGate {
             if self.state.all_ended() {
                 return Ok(Element::EndOfStream);
             }
-            let Some((ch, item)) = self.inputs.next().await else {
-                // Every stream yields its `None` marker before SelectAll drops
-                // it, so this means every channel closed: handled below.
-                return Err(Error::InputClosed(self.names.join(", ")));
-            };
+            let (ch, item) = std::future::poll_fn(|cx| self.poll_channels(cx)).await;
             match item {
                 Some(Ok(Element::Batch(b))) => return Ok(Element::Batch(b)),
                 // Markers are never aligned: they measure the queues as they are.
@@ -132,17 +214,25 @@ impl InputGate {
                         return Ok(Element::Watermark(wm));
                     }
                 }
+                Some(Ok(Element::Barrier(b))) => self.on_barrier(ch, b),
                 Some(Ok(Element::EndOfStream)) => {
                     let (wm, all) = self.state.on_end(ch);
                     if let Some(wm) = wm {
                         self.pending.push_back(Element::Watermark(wm));
                     }
+                    // An ended channel sends no barrier: stop waiting for it.
+                    if let Some(a) = self.aligning.as_mut()
+                        && !a.blocked[ch]
+                    {
+                        a.blocked[ch] = true;
+                        a.waiting = a.waiting.saturating_sub(1);
+                    }
+                    self.release_if_aligned();
                     if all {
                         self.pending.push_back(Element::EndOfStream);
                     }
                 }
                 Some(Err(failure)) => return Err(Error::Input(failure)),
-                None if self.state.is_ended(ch) => {}
                 None => return Err(Error::InputClosed(self.names[ch].clone())),
             }
         }
@@ -226,5 +316,108 @@ mod tests {
                 .contains("undecodable"),
             "{err}"
         );
+    }
+
+    fn barrier(n: u64) -> Element {
+        Element::Barrier(Barrier {
+            checkpoint: eddy_sdk::ids::CheckpointId(n),
+            timestamp_ms: 0,
+            kind: eddy_sdk::operator::BarrierKind::Checkpoint,
+        })
+    }
+
+    fn batch(v: i64) -> Element {
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        ]));
+        Element::Batch(
+            arrow::record_batch::RecordBatch::try_new(
+                schema,
+                vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![v]))],
+            )
+            .unwrap(),
+        )
+    }
+
+    fn value(e: &Element) -> Option<i64> {
+        match e {
+            Element::Batch(b) => Some(
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Rows behind a barrier on one channel wait until the barrier arrived on
+    /// every channel; then the barrier is emitted once, before them.
+    #[tokio::test]
+    async fn input_gate_aligns_barriers_and_holds_back_rows_behind_them() {
+        let (tx0, rx0) = mpsc::channel(8);
+        let (tx1, rx1) = mpsc::channel(8);
+        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+        tx0.send(Ok(batch(1))).await.unwrap();
+        tx0.send(Ok(barrier(7))).await.unwrap();
+        tx0.send(Ok(batch(100))).await.unwrap();
+        tx1.send(Ok(batch(2))).await.unwrap();
+        let mut before = Vec::new();
+        for _ in 0..2 {
+            before.push(value(&gate.next().await.unwrap()).unwrap());
+        }
+        before.sort_unstable();
+        assert_eq!(before, [1, 2], "only rows before the barrier pass");
+        // Channel a is blocked: its row 100 must not come out yet.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), gate.next()).await;
+        assert!(pending.is_err(), "a blocked channel was read: {pending:?}");
+        tx1.send(Ok(barrier(7))).await.unwrap();
+        assert!(matches!(gate.next().await.unwrap(), Element::Barrier(b) if b.checkpoint.0 == 7));
+        assert_eq!(value(&gate.next().await.unwrap()), Some(100));
+    }
+
+    /// A channel that ends during an alignment no longer holds it up.
+    #[tokio::test]
+    async fn input_gate_ended_channel_completes_an_alignment() {
+        let (tx0, rx0) = mpsc::channel(8);
+        let (tx1, rx1) = mpsc::channel(8);
+        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+        tx0.send(Ok(barrier(3))).await.unwrap();
+        tx1.send(Ok(Element::Watermark(i64::MAX))).await.unwrap();
+        tx1.send(Ok(Element::EndOfStream)).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match gate.next().await.unwrap() {
+                Element::Barrier(b) => {
+                    seen.push(b.checkpoint.0);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        assert_eq!(seen, [3]);
+    }
+
+    /// A newer barrier abandons the alignment of an older one (given up
+    /// upstream); a late barrier of the abandoned checkpoint is dropped.
+    #[tokio::test]
+    async fn input_gate_newer_barrier_abandons_older_alignment() {
+        let (tx0, rx0) = mpsc::channel(8);
+        let (tx1, rx1) = mpsc::channel(8);
+        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+        tx0.send(Ok(barrier(1))).await.unwrap();
+        tx1.send(Ok(barrier(2))).await.unwrap();
+        tx0.send(Ok(barrier(2))).await.unwrap();
+        tx1.send(Ok(barrier(1))).await.unwrap();
+        tx1.send(Ok(batch(5))).await.unwrap();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            match gate.next().await.unwrap() {
+                Element::Barrier(b) => out.push(format!("b{}", b.checkpoint.0)),
+                e => out.push(format!("v{}", value(&e).unwrap())),
+            }
+        }
+        assert_eq!(out, ["b2", "v5"]);
     }
 }

@@ -7,6 +7,7 @@
 //! happen. The runtime owns no I/O of its own besides the exchange channels
 //! handed to it; deploy wiring and status reporting live in `tasks`.
 
+pub mod checkpoint;
 mod gate;
 pub mod metrics;
 mod output;
@@ -14,7 +15,7 @@ mod task;
 
 pub use gate::{GateState, InputGate};
 pub use output::{EdgeOutput, Outputs, Partitioner};
-pub use task::Subtask;
+pub use task::{Checkpoints, StatePosition, Subtask};
 
 use crate::exchange::ChannelFailure;
 use eddy_sdk::error::FailureClass;
@@ -40,6 +41,10 @@ pub enum Error {
     Route { target: usize },
     #[error("subtask has neither a source nor an input")]
     NoInput,
+    #[error("the taskmanager stopped delivering checkpoint commands")]
+    Detached,
+    #[error(transparent)]
+    State(#[from] checkpoint::Error),
     #[error("the deployment places no subtask {vertex}[{index}]")]
     NoPlacement {
         vertex: eddy_sdk::ids::VertexId,
@@ -63,6 +68,8 @@ impl Error {
             | Error::Input(_)
             | Error::InputClosed(_)
             | Error::Route { .. }
+            | Error::Detached
+            | Error::State(_)
             | Error::NoPlacement { .. }
             | Error::NoSuchSubtask { .. } => FailureClass::Infrastructure,
         }

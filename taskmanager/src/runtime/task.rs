@@ -1,12 +1,50 @@
 //! The subtask loop.
+//!
+//! Without checkpoints a subtask runs until its end of stream is delivered.
+//! With checkpoints ([`Checkpoints`]) it also takes part in them:
+//! - a source subtask injects a barrier when the JobManager triggers one,
+//!   after recording its position; any other subtask snapshots when its
+//!   input gate has aligned a barrier. Either way the barrier passes down the
+//!   chain (each operator reports its state changes), the synchronous part
+//!   of the snapshot is taken, the barrier goes downstream, and the upload
+//!   runs in the background; its result is reported to the JobManager.
+//! - a finished source sends the final watermark, then waits for one more
+//!   barrier and for that checkpoint's commit before it ends the stream, so
+//!   the sinks' last data is committed by a checkpoint (Flink's final
+//!   checkpoint). Every subtask that ends waits for the commit of the last
+//!   checkpoint it took part in, so its sinks make that data visible.
+//! - after a stop-with-savepoint barrier a source produces nothing more and,
+//!   once the savepoint is committed, ends the stream without flushing:
+//!   the state is in the savepoint, and the restored job emits the rest.
 
+use super::checkpoint::{Command, Report, TaskState, Timings};
 use super::{Error, InputGate, Outputs};
 use crate::operators::Chain;
 use crate::runtime::metrics::SubtaskMetrics;
-use eddy_sdk::operator::{Collector, Element, Operator, SourcePoll};
+use eddy_sdk::ids::CheckpointId;
+use eddy_sdk::operator::{
+    Barrier, BarrierKind, Collector, Element, Operator, Source, SourcePoll, StateChanges,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Which operator of the chain a state backend belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatePosition {
+    Source,
+    Operator(usize),
+}
+
+/// A subtask's part in checkpoints.
+pub struct Checkpoints {
+    /// One backend per stateful operator, in `positions` order.
+    pub state: TaskState,
+    pub positions: Vec<StatePosition>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub reports: mpsc::UnboundedSender<Report>,
+}
 
 /// Everything one subtask runs with, wired and ready.
 pub struct Subtask {
@@ -15,6 +53,24 @@ pub struct Subtask {
     pub input: Option<InputGate>,
     pub outputs: Outputs,
     pub metrics: Arc<SubtaskMetrics>,
+    pub checkpoints: Option<Checkpoints>,
+}
+
+/// Where a source subtask is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// The source finished; waiting for a barrier after the final watermark.
+    Draining,
+    /// The final barrier went out; waiting for its commit.
+    FinalBarrier(CheckpointId),
+    /// A stop-with-savepoint barrier went out; waiting for its commit (or
+    /// its abort, which resumes the source).
+    Stopping(CheckpointId),
+    /// End the stream: flush operators (`true`) or not (after a stop).
+    End {
+        flush: bool,
+    },
 }
 
 impl Subtask {
@@ -26,6 +82,7 @@ impl Subtask {
             input,
             outputs,
             metrics,
+            checkpoints,
         } = self;
         let Chain {
             source, operators, ..
@@ -34,62 +91,43 @@ impl Subtask {
             operators,
             outputs,
             metrics,
+            cp: checkpoints.map(|c| CpState {
+                state: c.state,
+                positions: c.positions,
+                commands: c.commands,
+                reports: c.reports,
+                last_snapshot: None,
+                last_completed: None,
+                stopping: None,
+            }),
         };
         match (source, input) {
-            (Some(mut source), _) => loop {
-                let started = Instant::now();
-                let backpressured = driver.metrics.backpressured_total();
-                let mut out = Collector::new();
-                let poll = source.poll(&mut out)?;
-                let produced: Vec<Element> = out.drain().collect();
-                // A source vertex's records in are the rows its source
-                // produced: the input of its chain.
-                let rows: usize = produced
-                    .iter()
-                    .map(|e| match e {
-                        Element::Batch(b) => b.num_rows(),
-                        _ => 0,
-                    })
-                    .sum();
-                driver.metrics.records_in.fetch_add(rows as u64, Relaxed);
-                for e in produced {
-                    driver.process(e).await?;
-                }
-                if let SourcePoll::Finished = poll {
-                    // A finished source closes event time, then the stream.
-                    driver.process(Element::Watermark(i64::MAX)).await?;
-                    driver.process(Element::EndOfStream).await?;
-                    driver.account_busy(started, backpressured);
-                    break;
-                }
-                driver.account_busy(started, backpressured);
-                match poll {
-                    SourcePoll::Idle(wait) => tokio::time::sleep(wait).await,
-                    // Other subtasks share this slot's thread: let them run.
-                    _ => tokio::task::yield_now().await,
-                }
-            },
-            (None, Some(mut gate)) => loop {
-                // Waiting for input is neither busy nor backpressured.
-                let element = gate.next().await?;
-                let started = Instant::now();
-                let backpressured = driver.metrics.backpressured_total();
-                if let Element::Batch(b) = &element {
-                    driver
-                        .metrics
-                        .records_in
-                        .fetch_add(b.num_rows() as u64, Relaxed);
-                }
-                let end = matches!(element, Element::EndOfStream);
-                driver.process(element).await?;
-                driver.account_busy(started, backpressured);
-                if end {
-                    break;
-                }
-            },
+            (Some(source), _) => driver.run_source(source).await?,
+            (None, Some(gate)) => driver.run_gate(gate).await?,
             (None, None) => return Err(Error::NoInput),
         }
         driver.outputs.close().await
+    }
+}
+
+struct CpState {
+    state: TaskState,
+    positions: Vec<StatePosition>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// The newest checkpoint this subtask took part in.
+    last_snapshot: Option<CheckpointId>,
+    /// The newest checkpoint committed.
+    last_completed: Option<CheckpointId>,
+    /// A stop-with-savepoint barrier passed: the coming end of stream must
+    /// not flush.
+    stopping: Option<CheckpointId>,
+}
+
+impl CpState {
+    /// Whether every checkpoint this subtask took part in is committed.
+    fn settled(&self) -> bool {
+        self.last_snapshot <= self.last_completed
     }
 }
 
@@ -97,12 +135,315 @@ struct Driver {
     operators: Vec<Box<dyn Operator>>,
     outputs: Outputs,
     metrics: Arc<SubtaskMetrics>,
+    cp: Option<CpState>,
 }
 
 impl Driver {
+    async fn run_source(&mut self, mut source: Box<dyn Source>) -> Result<(), Error> {
+        let mut phase = Phase::Running;
+        loop {
+            while let Some(cmd) = self.cp.as_mut().and_then(|c| c.commands.try_recv().ok()) {
+                phase = self.on_source_command(cmd, phase, source.as_mut()).await?;
+            }
+            match phase {
+                Phase::Running => {}
+                Phase::End { flush } => {
+                    self.end(flush).await?;
+                    return Ok(());
+                }
+                Phase::Draining | Phase::FinalBarrier(_) | Phase::Stopping(_) => {
+                    let cmd = self.next_command().await?;
+                    phase = self.on_source_command(cmd, phase, source.as_mut()).await?;
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            let backpressured = self.metrics.backpressured_total();
+            let mut out = Collector::new();
+            let poll = source.poll(&mut out)?;
+            let produced: Vec<Element> = out.drain().collect();
+            // A source vertex's records in are the rows its source
+            // produced: the input of its chain.
+            let rows: usize = produced
+                .iter()
+                .map(|e| match e {
+                    Element::Batch(b) => b.num_rows(),
+                    _ => 0,
+                })
+                .sum();
+            self.metrics.records_in.fetch_add(rows as u64, Relaxed);
+            for e in produced {
+                self.process(e).await?;
+            }
+            if let SourcePoll::Finished = poll {
+                // A finished source closes event time; with checkpoints the
+                // stream ends after the final checkpoint.
+                self.process(Element::Watermark(i64::MAX)).await?;
+                self.account_busy(started, backpressured);
+                phase = if self.cp.is_some() {
+                    tracing::info!("source finished; waiting for the final checkpoint");
+                    Phase::Draining
+                } else {
+                    Phase::End { flush: true }
+                };
+                continue;
+            }
+            self.account_busy(started, backpressured);
+            match poll {
+                SourcePoll::Idle(wait) => {
+                    let woken = match self.cp.as_mut() {
+                        Some(cp) => tokio::select! {
+                            _ = tokio::time::sleep(wait) => None,
+                            cmd = cp.commands.recv() => Some(cmd),
+                        },
+                        None => {
+                            tokio::time::sleep(wait).await;
+                            None
+                        }
+                    };
+                    if let Some(cmd) = woken {
+                        let cmd = cmd.ok_or(Error::Detached)?;
+                        phase = self.on_source_command(cmd, phase, source.as_mut()).await?;
+                    }
+                }
+                // Other subtasks share this slot's thread: let them run.
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    async fn on_source_command(
+        &mut self,
+        cmd: Command,
+        phase: Phase,
+        source: &mut dyn Source,
+    ) -> Result<Phase, Error> {
+        match cmd {
+            Command::Trigger(barrier) => {
+                if let Phase::End { .. } = phase {
+                    return Ok(phase);
+                }
+                let mut changes = StateChanges::new();
+                source.snapshot_state(&barrier, &mut changes)?;
+                self.checkpoint(barrier, Some(changes), Duration::ZERO)
+                    .await?;
+                // A trigger after a final barrier means that checkpoint's
+                // commit notice never came (or it failed): the newer
+                // barrier serves as the final one. A stopped source stays
+                // stopped until a commit at or after its savepoint.
+                Ok(match (barrier.kind, phase) {
+                    (BarrierKind::StopWithSavepoint, Phase::Running | Phase::Draining) => {
+                        Phase::Stopping(barrier.checkpoint)
+                    }
+                    (_, Phase::Draining | Phase::FinalBarrier(_)) => {
+                        Phase::FinalBarrier(barrier.checkpoint)
+                    }
+                    _ => phase,
+                })
+            }
+            Command::Complete(id) => {
+                self.on_complete(id)?;
+                Ok(match phase {
+                    Phase::FinalBarrier(b) if id >= b => Phase::End { flush: true },
+                    Phase::Stopping(b) if id >= b => Phase::End { flush: false },
+                    other => other,
+                })
+            }
+            Command::Abort(id) => Ok(match phase {
+                Phase::Stopping(b) if b == id => {
+                    tracing::info!(
+                        checkpoint_id = id.0,
+                        "stop-with-savepoint failed; the source resumes"
+                    );
+                    if let Some(cp) = self.cp.as_mut() {
+                        cp.stopping = None;
+                    }
+                    Phase::Running
+                }
+                Phase::FinalBarrier(b) if b == id => Phase::Draining,
+                other => other,
+            }),
+        }
+    }
+
+    async fn run_gate(&mut self, mut gate: InputGate) -> Result<(), Error> {
+        loop {
+            let next = match self.cp.as_mut() {
+                Some(cp) => tokio::select! {
+                    biased;
+                    cmd = cp.commands.recv() => Err(cmd),
+                    e = gate.next() => Ok(e),
+                },
+                None => Ok(gate.next().await),
+            };
+            let element = match next {
+                Ok(element) => element?,
+                Err(cmd) => {
+                    self.on_command(cmd.ok_or(Error::Detached)?)?;
+                    continue;
+                }
+            };
+            // Waiting for input is neither busy nor backpressured.
+            let started = Instant::now();
+            let backpressured = self.metrics.backpressured_total();
+            match element {
+                Element::Batch(b) => {
+                    self.metrics
+                        .records_in
+                        .fetch_add(b.num_rows() as u64, Relaxed);
+                    self.process(Element::Batch(b)).await?;
+                }
+                Element::Barrier(barrier) => {
+                    self.checkpoint(barrier, None, gate.last_alignment())
+                        .await?;
+                }
+                Element::EndOfStream => {
+                    let flush = self.cp.as_ref().is_none_or(|c| c.stopping.is_none());
+                    self.account_busy(started, backpressured);
+                    self.end(flush).await?;
+                    return Ok(());
+                }
+                other => self.process(other).await?,
+            }
+            self.account_busy(started, backpressured);
+        }
+    }
+
+    /// A command for a subtask without a source: triggers are for sources.
+    fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
+        match cmd {
+            Command::Trigger(_) => {}
+            Command::Complete(id) => self.on_complete(id)?,
+            Command::Abort(id) => {
+                if let Some(cp) = self.cp.as_mut()
+                    && cp.stopping == Some(id)
+                {
+                    cp.stopping = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_command(&mut self) -> Result<Command, Error> {
+        let cp = self.cp.as_mut().ok_or(Error::Detached)?;
+        cp.commands.recv().await.ok_or(Error::Detached)
+    }
+
+    /// Checkpoint `id` was committed: backends keep its files as their base,
+    /// operators (sinks) commit.
+    fn on_complete(&mut self, id: CheckpointId) -> Result<(), Error> {
+        let Some(cp) = self.cp.as_mut() else {
+            return Ok(());
+        };
+        if cp.last_completed.is_some_and(|c| c >= id) {
+            return Ok(());
+        }
+        cp.last_completed = Some(id);
+        cp.state.complete(id);
+        for op in &mut self.operators {
+            op.notify_checkpoint_complete(id)?;
+        }
+        tracing::debug!(checkpoint_id = id.0, "checkpoint committed");
+        Ok(())
+    }
+
+    /// The end of stream: operators flush (unless the job stops at a
+    /// savepoint), it goes downstream, and with checkpoints the subtask
+    /// waits until its last checkpoint is committed.
+    async fn end(&mut self, flush: bool) -> Result<(), Error> {
+        let emitted = run_chain(&mut self.operators, Element::EndOfStream, flush, None)?;
+        self.emit(emitted).await?;
+        while self.cp.as_ref().is_some_and(|c| !c.settled()) {
+            let cmd = self.next_command().await?;
+            self.on_command(cmd)?;
+        }
+        Ok(())
+    }
+
+    /// The barrier passes down the chain (each operator reports its state
+    /// changes), the synchronous snapshot is taken, the barrier goes
+    /// downstream, and the upload runs in the background.
+    async fn checkpoint(
+        &mut self,
+        barrier: Barrier,
+        source_changes: Option<StateChanges>,
+        alignment: Duration,
+    ) -> Result<(), Error> {
+        let sync_started = Instant::now();
+        let mut changes = Vec::with_capacity(self.operators.len());
+        let emitted = run_chain(
+            &mut self.operators,
+            Element::Barrier(barrier),
+            true,
+            Some(&mut changes),
+        )?;
+        if let Some(cp) = self.cp.as_mut() {
+            let mut source_changes = source_changes;
+            let mut by_op: Vec<Option<StateChanges>> = changes.into_iter().map(Some).collect();
+            let node_changes: Vec<StateChanges> = cp
+                .positions
+                .iter()
+                .map(|p| match p {
+                    StatePosition::Source => source_changes.take().unwrap_or_default(),
+                    StatePosition::Operator(i) => {
+                        by_op.get_mut(*i).and_then(Option::take).unwrap_or_default()
+                    }
+                })
+                .collect();
+            cp.last_snapshot = cp.last_snapshot.max(Some(barrier.checkpoint));
+            if barrier.kind == BarrierKind::StopWithSavepoint {
+                cp.stopping = Some(barrier.checkpoint);
+            }
+            let reports = cp.reports.clone();
+            let id = barrier.checkpoint;
+            match cp.state.snapshot(&barrier, node_changes) {
+                Ok(upload) => {
+                    let sync = sync_started.elapsed();
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let report = match upload.await {
+                            Ok(snapshots) => Report::Ack {
+                                checkpoint: id,
+                                snapshots,
+                                timings: Timings {
+                                    alignment,
+                                    sync,
+                                    upload: started.elapsed(),
+                                },
+                            },
+                            Err(e) => {
+                                let reason = eddy_sdk::error::error_chain(&e).join(": ");
+                                tracing::warn!(checkpoint_id = id.0, %reason, "snapshot upload failed");
+                                Report::Decline {
+                                    checkpoint: id,
+                                    reason,
+                                }
+                            }
+                        };
+                        let _ = reports.send(report);
+                    });
+                }
+                Err(e) => {
+                    let reason = eddy_sdk::error::error_chain(&e).join(": ");
+                    tracing::warn!(checkpoint_id = id.0, %reason, "snapshot failed");
+                    let _ = reports.send(Report::Decline {
+                        checkpoint: id,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.emit(emitted).await
+    }
+
     /// One element through the chain, then to the outputs.
     async fn process(&mut self, element: Element) -> Result<(), Error> {
-        let emitted = run_chain(&mut self.operators, element)?;
+        let emitted = run_chain(&mut self.operators, element, true, None)?;
+        self.emit(emitted).await
+    }
+
+    async fn emit(&mut self, emitted: Vec<Element>) -> Result<(), Error> {
         let late: u64 = self
             .operators
             .iter()
@@ -120,7 +461,7 @@ impl Driver {
                 Element::LatencyMarker(stamp) if self.outputs.is_empty() => {
                     self.metrics.latency.observe_us(age_us(*stamp));
                 }
-                Element::LatencyMarker(_) | Element::EndOfStream => {}
+                Element::LatencyMarker(_) | Element::EndOfStream | Element::Barrier(_) => {}
             }
             if !self.outputs.is_empty() {
                 self.outputs.emit(e, &self.metrics).await?;
@@ -146,10 +487,14 @@ impl Driver {
 
 /// Passes `element` through `operators` in order: what one operator emits is
 /// the next one's input. The end of stream makes each operator flush
-/// (`on_end`) before it is forwarded, so flushed data precedes it.
+/// (`on_end`, unless `flush` is false) before it is forwarded, so flushed
+/// data precedes it. A barrier makes each operator report its state changes
+/// into `changes` (one entry per operator, in order) before it is forwarded.
 pub(crate) fn run_chain(
     operators: &mut [Box<dyn Operator>],
     element: Element,
+    flush: bool,
+    mut changes: Option<&mut Vec<StateChanges>>,
 ) -> Result<Vec<Element>, Error> {
     let mut current = vec![element];
     let mut out = Collector::new();
@@ -159,10 +504,20 @@ pub(crate) fn run_chain(
                 Element::Batch(b) => op.on_batch(b, &mut out)?,
                 Element::Watermark(wm) => op.on_watermark(wm, &mut out)?,
                 Element::EndOfStream => {
-                    op.on_end(&mut out)?;
+                    if flush {
+                        op.on_end(&mut out)?;
+                    }
                     out.push(Element::EndOfStream);
                 }
                 marker @ Element::LatencyMarker(_) => out.push(marker),
+                Element::Barrier(b) => {
+                    let mut c = StateChanges::new();
+                    op.snapshot_state(&b, &mut c)?;
+                    if let Some(changes) = changes.as_deref_mut() {
+                        changes.push(c);
+                    }
+                    out.push(Element::Barrier(b));
+                }
             }
         }
         current.extend(out.drain());
@@ -209,14 +564,14 @@ mod tests {
     #[test]
     fn run_chain_feeds_each_operator_the_previous_output() {
         let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Dup), Box::new(Dup)];
-        let out = run_chain(&mut ops, Element::Batch(batch(2))).unwrap();
+        let out = run_chain(&mut ops, Element::Batch(batch(2)), true, None).unwrap();
         assert_eq!(out.len(), 4);
     }
 
     #[test]
     fn run_chain_end_flushes_in_order_before_forwarding() {
         let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Dup), Box::new(Dup)];
-        let out = run_chain(&mut ops, Element::EndOfStream).unwrap();
+        let out = run_chain(&mut ops, Element::EndOfStream, true, None).unwrap();
         // op0 flushes one batch, op1 doubles it and flushes its own, then the end.
         let kinds: Vec<&str> = out
             .iter()
@@ -224,6 +579,7 @@ mod tests {
                 Element::Batch(_) => "b",
                 Element::Watermark(_) => "w",
                 Element::LatencyMarker(_) => "m",
+                Element::Barrier(_) => "|",
                 Element::EndOfStream => "end",
             })
             .collect();
@@ -276,12 +632,14 @@ mod tests {
             source: Some(Box::new(Bounded(3))),
             operators,
             output_schema: batch(0).schema(),
+            stateful: Vec::new(),
         };
         let subtask = Subtask {
             chain,
             input: None,
             outputs: Outputs::new(vec![edge]),
             metrics: Arc::default(),
+            checkpoints: None,
         };
         (subtask, rx)
     }
@@ -297,6 +655,7 @@ mod tests {
                 Element::Batch(b) => format!("b{}", b.num_rows()),
                 Element::Watermark(wm) => format!("w{}", wm == i64::MAX),
                 Element::LatencyMarker(_) => "m".into(),
+                Element::Barrier(_) => "|".into(),
                 Element::EndOfStream => "end".into(),
             });
         }
@@ -336,6 +695,7 @@ mod tests {
             source: None,
             operators: vec![Box::new(Dup)],
             output_schema: batch(0).schema(),
+            stateful: Vec::new(),
         };
         let metrics = Arc::new(SubtaskMetrics::default());
         let subtask = Subtask {
@@ -343,6 +703,7 @@ mod tests {
             input: Some(gate),
             outputs: Outputs::default(),
             metrics: metrics.clone(),
+            checkpoints: None,
         };
         let running = tokio::spawn(subtask.run());
         for tx in [&tx0, &tx1] {

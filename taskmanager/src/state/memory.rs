@@ -303,6 +303,10 @@ impl KeyedStateBackend for MemoryBackend {
         &self.scope
     }
 
+    fn state_names(&self) -> Vec<String> {
+        self.states.iter().map(|s| s.name.clone()).collect()
+    }
+
     fn register_state(&mut self, name: &str, descriptor: StateDescriptor) -> Result<StateId> {
         let id = self.state_id(name);
         self.states[id.0 as usize].ttl = descriptor.ttl;

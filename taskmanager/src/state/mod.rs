@@ -20,11 +20,11 @@
 //! what goes into a checkpoint's `_metadata`: the checkpoint coordinator does.
 
 pub mod clock;
-pub mod manifest;
 pub mod memory;
 pub mod rocksdb;
-pub mod storage;
 mod ttl;
+
+pub use eddy_sdk::storage::{self, manifest};
 
 #[cfg(test)]
 mod tests;
@@ -295,6 +295,10 @@ impl std::fmt::Debug for PendingSnapshot {
 /// `now` for TTL comes from the backend's [`Clock`].
 pub trait KeyedStateBackend: Send + std::fmt::Debug {
     fn scope(&self) -> &StateScope;
+
+    /// The names of every registered state (after a restore: every state
+    /// the snapshot held).
+    fn state_names(&self) -> Vec<String>;
 
     /// Registers (or finds, after a restore) the state called `name`.
     fn register_state(&mut self, name: &str, descriptor: StateDescriptor) -> Result<StateId>;

@@ -19,6 +19,8 @@ fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
         parallelism,
         max_parallelism: 128,
         latency_interval: None,
+        attempt: 0,
+        exactly_once: false,
     }
 }
 

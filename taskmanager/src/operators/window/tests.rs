@@ -100,6 +100,8 @@ fn ctx() -> TaskContext {
         parallelism: 1,
         max_parallelism: 128,
         latency_interval: None,
+        attempt: 0,
+        exactly_once: false,
     }
 }
 

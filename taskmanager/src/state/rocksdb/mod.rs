@@ -322,6 +322,10 @@ impl KeyedStateBackend for RocksDbBackend {
         &self.scope
     }
 
+    fn state_names(&self) -> Vec<String> {
+        self.states.iter().map(|s| s.name.clone()).collect()
+    }
+
     fn register_state(&mut self, name: &str, descriptor: StateDescriptor) -> Result<StateId> {
         if let Some(i) = self.states.iter().position(|s| s.name == name) {
             self.states[i].ttl = descriptor.ttl;

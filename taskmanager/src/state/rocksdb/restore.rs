@@ -110,11 +110,19 @@ async fn download(storage: &CheckpointStorage, m: &SubtaskManifest, local: &Path
             reason: format!("bad local file name {:?}", f.local_name),
         });
     }
-    futures::stream::iter(&m.files)
-        .map(|f| async move {
+    // Boxed eagerly rather than mapped lazily in the stream: a closure
+    // returning a borrowing future inside the stream makes the whole restore
+    // future fail the higher-ranked `Send` check when it is spawned.
+    let downloads: Vec<futures::future::BoxFuture<'_, crate::state::storage::Result<()>>> = m
+        .files
+        .iter()
+        .map(|f| {
             let dest = local.join(&f.local_name);
-            storage.download_verified(&f.path, f.integrity, &dest).await
+            Box::pin(async move { storage.download_verified(&f.path, f.integrity, &dest).await })
+                as futures::future::BoxFuture<'_, _>
         })
+        .collect();
+    futures::stream::iter(downloads)
         .buffer_unordered(DOWNLOAD_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;

@@ -84,6 +84,8 @@ pub struct Context {
     /// Wakes the job driver (a registration or a task status arrived).
     pub wake: Notify,
     pub metrics: Metrics,
+    /// The leader's checkpoint service's inputs and published state.
+    pub checkpoints: crate::checkpoint::hub::Hub,
     clients: Mutex<HashMap<String, TaskManagerServiceClient<Channel>>>,
     seq: AtomicU64,
 }
@@ -107,6 +109,7 @@ impl Context {
             registry: Mutex::new(Registry::default()),
             wake: Notify::new(),
             metrics,
+            checkpoints: Default::default(),
             clients: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
         }

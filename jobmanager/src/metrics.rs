@@ -21,11 +21,21 @@ pub struct Metrics {
     pub raft_leader_id: Gauge,
     pub raft_applied_index: Gauge,
     pub rest_requests: Family<Labels, Counter>,
+    /// Checkpoints by job and outcome (`completed`, `failed`).
+    pub checkpoints: Family<Labels, Counter>,
+    /// Per job: duration, state size and uploaded bytes of the last
+    /// completed checkpoint.
+    pub last_checkpoint_duration_ms: Family<Labels, Gauge>,
+    pub last_checkpoint_size_bytes: Family<Labels, Gauge>,
+    pub last_checkpoint_uploaded_bytes: Family<Labels, Gauge>,
+    /// Restarts by job.
+    pub job_restarts: Family<Labels, Counter>,
 }
 
-const STATES: [JobState; 6] = [
+const STATES: [JobState; 7] = [
     JobState::Created,
     JobState::Running,
+    JobState::Restarting,
     JobState::Finished,
     JobState::Cancelling,
     JobState::Canceled,
@@ -46,6 +56,11 @@ impl Metrics {
             raft_leader_id: Gauge::default(),
             raft_applied_index: Gauge::default(),
             rest_requests: Family::default(),
+            checkpoints: Family::default(),
+            last_checkpoint_duration_ms: Family::default(),
+            last_checkpoint_size_bytes: Family::default(),
+            last_checkpoint_uploaded_bytes: Family::default(),
+            job_restarts: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("eddy_jobmanager");
         r.register("jobs", "Jobs by state", m.jobs.clone());
@@ -70,6 +85,31 @@ impl Metrics {
             m.slots_free.clone(),
         );
         r.register("raft_term", "Current Raft term", m.raft_term.clone());
+        r.register(
+            "checkpoints",
+            "Checkpoints ended on this leader, by job and outcome",
+            m.checkpoints.clone(),
+        );
+        r.register(
+            "last_checkpoint_duration_ms",
+            "Trigger to commit of the job's last completed checkpoint",
+            m.last_checkpoint_duration_ms.clone(),
+        );
+        r.register(
+            "last_checkpoint_size_bytes",
+            "State size of the job's last completed checkpoint",
+            m.last_checkpoint_size_bytes.clone(),
+        );
+        r.register(
+            "last_checkpoint_uploaded_bytes",
+            "Bytes uploaded by the job's last completed checkpoint (less than its size when incremental)",
+            m.last_checkpoint_uploaded_bytes.clone(),
+        );
+        r.register(
+            "job_restarts",
+            "Restarts decided by the restart strategy, by job",
+            m.job_restarts.clone(),
+        );
         r.register(
             "raft_is_leader",
             "1 when this JobManager is the Raft leader",

@@ -135,6 +135,8 @@ pub struct Coordinator {
     retained: VecDeque<CheckpointId>,
     /// Stopped after `FailJob` until the job restarts.
     failed: bool,
+    /// A checkpoint is wanted now, before the interval is over.
+    requested: bool,
     stats: Stats,
 }
 
@@ -165,6 +167,7 @@ impl Coordinator {
             consecutive_failures: 0,
             retained: catalog.completed.iter().map(|c| c.id).collect(),
             failed: false,
+            requested: false,
             stats: Stats::default(),
         }
     }
@@ -207,8 +210,9 @@ impl Coordinator {
             return actions;
         }
         let savepoint = !self.savepoints.is_empty();
-        let interval_due =
-            now_ms.saturating_sub(self.last_trigger_ms) >= self.settings.interval.as_millis_i64();
+        let interval_due = self.requested
+            || now_ms.saturating_sub(self.last_trigger_ms)
+                >= self.settings.interval.as_millis_i64();
         let pause_over = self.last_end_ms.is_none_or(|end| {
             now_ms.saturating_sub(end) >= self.settings.min_pause.as_millis_i64()
         });
@@ -226,6 +230,7 @@ impl Coordinator {
         }
         let id = self.next_id;
         self.next_id = CheckpointId(id.0 + 1);
+        self.requested = false;
         let savepoint_path = if savepoint {
             self.savepoints.pop_front()
         } else {
@@ -277,6 +282,14 @@ impl Coordinator {
 
     /// Queues a savepoint into `target_path`; it runs as soon as no
     /// checkpoint is pending.
+    /// Asks for a checkpoint as soon as none is pending and the minimum
+    /// pause is over, without waiting for the interval (the job's sources
+    /// finished and wait for a final checkpoint).
+    pub fn request_checkpoint(&mut self, now_ms: i64) -> Vec<Action> {
+        self.requested = true;
+        self.tick(now_ms)
+    }
+
     pub fn trigger_savepoint(&mut self, target_path: String, now_ms: i64) -> Vec<Action> {
         self.savepoints.push_back(target_path);
         self.tick(now_ms)

@@ -131,6 +131,7 @@ fn new_coordinator_continues_after_the_catalog_reservation() {
         parallelism: 2,
         max_parallelism: 128,
         time_ms: 0,
+        restore_from: None,
     });
     let mut c = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
     let Action::ReserveIds { up_to } = c.tick(INTERVAL)[0].clone() else {
@@ -423,6 +424,7 @@ proptest! {
         state.apply(&Command::SubmitJob {
             id: job.clone(), name: "n".into(), spec_json: "{}".into(),
             parallelism: 2, max_parallelism: 128, time_ms: 0,
+            restore_from: None,
         });
         let mut c = Coordinator::new(job.clone(), settings(retained, 1_000), topology(), None, 0);
         let keys = subtasks();

@@ -4,6 +4,8 @@
 //! view. The durable record is the Raft catalog in `cluster_state`.
 
 pub mod coordinator;
+pub mod hub;
+pub mod service;
 pub mod stats;
 
 pub use coordinator::{

@@ -5,7 +5,10 @@
 //! transition, stale attempt) is refused with a [`Rejection`] and changes
 //! nothing: the log may contain it, but every replica refuses it alike.
 
-use super::{ClusterState, CompletedCheckpoint, Failure, FinalTask, JobRecord, Placement};
+use super::{
+    ClusterState, CompletedCheckpoint, ExceptionRecord, Failure, FailureAction, FinalTask,
+    JobRecord, Placement, RestoreSource,
+};
 use eddy_sdk::ids::{Attempt, CheckpointId, JobId};
 use eddy_sdk::rest::JobState;
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,23 @@ pub enum Command {
         parallelism: u32,
         max_parallelism: u32,
         time_ms: i64,
+        /// The savepoint (or retained checkpoint) the job starts from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore_from: Option<RestoreSource>,
+    },
+    /// A job's attempt failed: recorded in its exception history; the job
+    /// RESTARTS (`record.action` is a restart, at `restart_at_ms`) or FAILS.
+    JobFailure {
+        id: JobId,
+        attempt: Attempt,
+        record: ExceptionRecord,
+        /// The restart strategy's state after this failure.
+        tracker: crate::restart::Tracker,
+        /// With a restart: when to redeploy (leader wall clock).
+        restart_at_ms: Option<i64>,
+        /// With a final failure: the subtasks' last statuses.
+        #[serde(default)]
+        final_tasks: Vec<FinalTask>,
     },
     /// Updates the words explaining a non-terminal job's state.
     SetStatusMessage { id: JobId, message: Option<String> },
@@ -114,6 +134,7 @@ fn transition_allowed(from: JobState, to: JobState) -> bool {
         (from, to),
         (Created, Running | Failed | Cancelling | Canceled)
             | (Running, Finished | Failed | Cancelling)
+            | (Restarting, Created | Failed | Canceled)
             | (Cancelling, Canceled)
     )
 }
@@ -130,6 +151,7 @@ impl ClusterState {
                 parallelism,
                 max_parallelism,
                 time_ms,
+                restore_from,
             } => {
                 if self.jobs.contains_key(id) {
                     return reject(RejectionKind::Conflict, format!("job {id} already exists"));
@@ -151,10 +173,22 @@ impl ClusterState {
                         failure: None,
                         placements: Vec::new(),
                         final_tasks: Vec::new(),
+                        exceptions: Vec::new(),
+                        restart: Default::default(),
+                        restart_at_ms: None,
+                        restore_from: restore_from.clone(),
                     },
                 );
                 Response::Applied
             }
+            Command::JobFailure {
+                id,
+                attempt,
+                record,
+                tracker,
+                restart_at_ms,
+                final_tasks,
+            } => self.job_failure(id, *attempt, record, tracker, *restart_at_ms, final_tasks),
             Command::SetStatusMessage { id, message } => match self.live_job(id) {
                 Ok(job) => {
                     job.status_message = message.clone();
@@ -225,7 +259,7 @@ impl ClusterState {
                 };
                 match job.state {
                     // Nothing was deployed yet: there is nothing to stop.
-                    JobState::Created if job.placements.is_empty() => {
+                    JobState::Created | JobState::Restarting if job.placements.is_empty() => {
                         job.state = JobState::Canceled;
                         job.end_time_ms = Some(*time_ms);
                         job.status_message = None;
@@ -266,6 +300,71 @@ impl ClusterState {
             ));
         }
         Ok(job)
+    }
+
+    fn job_failure(
+        &mut self,
+        id: &JobId,
+        attempt: Attempt,
+        record: &ExceptionRecord,
+        tracker: &crate::restart::Tracker,
+        restart_at_ms: Option<i64>,
+        final_tasks: &[FinalTask],
+    ) -> Response {
+        let job = match self.live_job(id) {
+            Ok(job) => job,
+            Err(r) => return r,
+        };
+        if attempt != job.attempt {
+            return reject(
+                RejectionKind::Stale,
+                format!(
+                    "job {id} is at attempt {}, not {}",
+                    job.attempt.0, attempt.0
+                ),
+            );
+        }
+        if !matches!(job.state, JobState::Created | JobState::Running) {
+            return reject(
+                RejectionKind::Conflict,
+                format!("job {id} is {}, not running", job.state),
+            );
+        }
+        let restart = matches!(record.action, FailureAction::Restart { .. });
+        if restart && restart_at_ms.is_none() {
+            return reject(
+                RejectionKind::Conflict,
+                format!("a restart of job {id} needs a time"),
+            );
+        }
+        job.exceptions.push(record.clone());
+        let excess = job
+            .exceptions
+            .len()
+            .saturating_sub(super::EXCEPTION_HISTORY);
+        job.exceptions.drain(..excess);
+        job.restart = tracker.clone();
+        job.failure = Some(record.failure.clone());
+        if restart {
+            job.state = JobState::Restarting;
+            job.attempt = Attempt(job.attempt.0 + 1);
+            job.placements.clear();
+            job.restart_at_ms = restart_at_ms;
+            job.status_message = Some(format!("restarting after: {}", record.failure.message));
+        } else {
+            job.state = JobState::Failed;
+            job.end_time_ms = Some(record.failure.time_ms);
+            job.final_tasks = final_tasks.to_vec();
+            job.status_message = None;
+        }
+        if let Some(damaged) = record.damaged_checkpoint
+            && let Some(catalog) = self.checkpoints.get_mut(id)
+        {
+            // Unusable for restores: a restart falls back to the one before.
+            catalog.completed.retain(|c| c.id.0 != damaged);
+            catalog.savepoints.retain(|c| c.id.0 != damaged);
+        }
+        Response::Applied
     }
 
     fn schedule(&mut self, id: &JobId, attempt: Attempt, placements: &[Placement]) -> Response {
@@ -335,6 +434,7 @@ mod tests {
             parallelism: 1,
             max_parallelism: 128,
             time_ms: 10,
+            restore_from: None,
         };
         assert_eq!(state.apply(&cmd), Response::Applied);
     }
@@ -573,6 +673,7 @@ mod tests {
             parallelism: 1,
             max_parallelism: 1,
             time_ms: 1,
+            restore_from: None,
         };
         assert_eq!(kind(s.apply(&cmd)), Some(RejectionKind::Conflict));
         assert_eq!(s.job(&"j".into()).unwrap().name, "n");

@@ -17,6 +17,7 @@ fn state_with_job() -> ClusterState {
         parallelism: 1,
         max_parallelism: 128,
         time_ms: 1,
+        restore_from: None,
     };
     assert_eq!(s.apply(&submit), Response::Applied);
     s

@@ -15,7 +15,9 @@ pub use apply::{Command, Rejection, RejectionKind, Response};
 pub use checkpoints::{CheckpointCatalog, CompletedCheckpoint, SnapshotEntry};
 
 use eddy_sdk::FailureClass;
-use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
+use eddy_sdk::ids::{
+    Attempt, CheckpointId, JobId, NodeId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId,
+};
 use eddy_sdk::rest::{JobState, SubtaskMetricsInfo, TaskState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,46 @@ pub struct Failure {
     pub taskmanager: Option<TaskManagerId>,
     pub vertex: Option<VertexId>,
     pub time_ms: i64,
+}
+
+/// What the JobManager did about a failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Redeploy after `backoff_ms`, from this checkpoint (none: from the
+    /// start, or from the savepoint the job was submitted with).
+    Restart {
+        backoff_ms: u64,
+        restore_checkpoint: Option<u64>,
+    },
+    /// The job failed for good.
+    Fail,
+}
+
+/// One entry of a job's exception history (`GET /v1/jobs/{id}/exceptions`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionRecord {
+    pub failure: Failure,
+    /// The attempt that failed.
+    pub attempt: Attempt,
+    pub action: FailureAction,
+    /// Set when the checkpoint the attempt restored from turned out damaged
+    /// (corrupt or missing files) and was dropped from the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_checkpoint: Option<u64>,
+}
+
+/// How many failures a job's record keeps (oldest dropped first).
+pub const EXCEPTION_HISTORY: usize = 64;
+
+/// A savepoint (or retained checkpoint) a job was submitted to start from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSource {
+    /// The storage location holding the snapshots (the savepoint directory).
+    pub location: String,
+    pub checkpoint: CheckpointId,
+    /// `(node, manifest path relative to location)` of every snapshot.
+    pub snapshots: Vec<(NodeId, String)>,
 }
 
 /// One job as the cluster remembers it.
@@ -65,6 +107,18 @@ pub struct JobRecord {
     /// final figures outlive the TaskManagers' reports and a restart.
     #[serde(default)]
     pub final_tasks: Vec<FinalTask>,
+    /// Failures, oldest first (at most [`EXCEPTION_HISTORY`]).
+    #[serde(default)]
+    pub exceptions: Vec<ExceptionRecord>,
+    /// The restart strategy's memory of recent failures.
+    #[serde(default)]
+    pub restart: crate::restart::Tracker,
+    /// RESTARTING: when the job is redeployed (leader wall clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at_ms: Option<i64>,
+    /// Where the job's state starts when its catalog has no checkpoint yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreSource>,
 }
 
 /// One subtask's last reported state and metrics.

@@ -5,44 +5,31 @@
 pub mod driver;
 pub mod taskmanager_calls;
 
-use crate::cluster_state::{Command, RejectionKind};
+use crate::cluster_state::{Command, RejectionKind, RestoreSource};
 use crate::context::{Context, WriteError, now_ms};
 use crate::scheduler;
 use eddy_sdk::ids::JobId;
 use eddy_sdk::spec::JobSpec;
 use eddy_sdk::{ApiError, ErrorCode};
 
-/// Validates and submits a job; it is CREATED and waits for slots.
+/// Validates and submits a job; it is CREATED and waits for slots. With
+/// `restore_from`, its state starts from that savepoint (validated by the
+/// caller against the spec).
 #[tracing::instrument(skip_all, fields(job_name = %spec.name))]
-/// The `checkpoint` and `restart` sections are parsed and validated, but
-/// the engine does not take checkpoints or restart jobs yet (issue 6). A job
-/// that asks for them is refused rather than run without the guarantees it
-/// asked for.
-fn refuse_unwired_sections(spec: &JobSpec) -> Result<(), ApiError> {
-    let asked = [
-        (spec.checkpoint.is_some(), "checkpoint", "take checkpoints"),
-        (spec.restart.is_some(), "restart", "restart failed jobs"),
-    ];
-    match asked.into_iter().find(|(present, ..)| *present) {
-        Some((_, field, what)) => Err(ApiError::new(
-            ErrorCode::InvalidSpec,
-            format!(
-                "this version of Eddy does not {what} yet: a job fails on its first task failure; \
-                 remove the `{field}` section"
-            ),
-        )
-        .with_field(field)),
-        None => Ok(()),
-    }
-}
-
-pub async fn submit(ctx: &Context, spec: JobSpec) -> Result<JobId, ApiError> {
+pub async fn submit(
+    ctx: &Context,
+    spec: JobSpec,
+    restore_from: Option<RestoreSource>,
+) -> Result<JobId, ApiError> {
     if !ctx.is_leader() {
         return Err(ctx.not_leader().to_api());
     }
     let total_slots = ctx.registry(|r| r.total_slots());
     let graph = scheduler::validate(&spec, Some(total_slots))?;
-    refuse_unwired_sections(&spec)?;
+    // Settings that only resolve with the cluster's defaults (a checkpoint
+    // storage) are checked now, not when the job first deploys.
+    crate::checkpoint::service::checkpoint_settings(&ctx.config, &spec)?;
+    crate::checkpoint::service::restart_settings(&ctx.config, &spec)?;
     let slots = graph.slots_needed();
     if slots > total_slots {
         return Err(ApiError::new(
@@ -66,6 +53,7 @@ pub async fn submit(ctx: &Context, spec: JobSpec) -> Result<JobId, ApiError> {
             parallelism: slots,
             max_parallelism: spec.max_parallelism,
             time_ms,
+            restore_from: restore_from.clone(),
         };
         match ctx.write(cmd).await {
             Ok(()) => {

@@ -37,15 +37,29 @@ pub enum Error {
     Timeout { tm_id: TaskManagerId, addr: String },
 }
 
+/// What to deploy.
+pub struct DeployRequest<'a> {
+    pub job_id: &'a JobId,
+    pub attempt: Attempt,
+    pub spec_json: &'a str,
+    pub placements: &'a [Placement],
+    /// Set when the job takes checkpoints.
+    pub checkpointing: Option<pb::CheckpointConfig>,
+    /// Set when the attempt restores state.
+    pub restore: Option<pb::RestoreFrom>,
+}
+
 /// Sends each involved TaskManager its subtasks of `attempt`, with the
 /// placement of every subtask so exchanges find their peers.
-pub async fn deploy(
-    ctx: &Context,
-    job_id: &JobId,
-    attempt: Attempt,
-    spec_json: &str,
-    placements: &[Placement],
-) -> Result<(), Error> {
+pub async fn deploy(ctx: &Context, request: DeployRequest<'_>) -> Result<(), Error> {
+    let DeployRequest {
+        job_id,
+        attempt,
+        spec_json,
+        placements,
+        checkpointing,
+        restore,
+    } = request;
     let leader_term = ctx.term();
     let addrs: BTreeMap<TaskManagerId, String> = ctx.registry(|r| {
         placements
@@ -78,6 +92,8 @@ pub async fn deploy(
                 .map(to_pb)
                 .collect(),
             leader_term,
+            checkpointing: checkpointing.clone(),
+            restore: restore.clone(),
         };
         async move {
             let mut client = ctx.tm_client(addr).map_err(|source| Error::Address {

@@ -112,7 +112,7 @@ pub async fn submit_job(
         .into());
     }
     let spec = eddy_sdk::spec::parse_yaml_or_json(text)?;
-    let job_id = jobs::submit(&ctx, spec).await?;
+    let job_id = jobs::submit(&ctx, spec, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(SubmitResponse {

@@ -106,7 +106,7 @@ fn failure_info(f: &Failure) -> FailureInfo {
 /// The state shown for a subtask the leader has no status for.
 fn assumed_state(job: JobState, placed: bool) -> TaskState {
     match job {
-        JobState::Created => TaskState::Scheduled,
+        JobState::Created | JobState::Restarting => TaskState::Scheduled,
         JobState::Running if placed => TaskState::Deploying,
         JobState::Running => TaskState::Scheduled,
         JobState::Finished => TaskState::Finished,

@@ -4,7 +4,9 @@
 use crate::taskmanagers::{Registration, TaskKey, TaskStatus};
 use eddy_proto::v1 as pb;
 use eddy_sdk::FailureClass;
-use eddy_sdk::ids::{Attempt, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId};
+use eddy_sdk::ids::{
+    Attempt, CheckpointId, JobId, SlotIndex, SubtaskIndex, TaskManagerId, VertexId,
+};
 use eddy_sdk::rest::{KpuInfo, SubtaskMetricsInfo, TaskState};
 
 /// A malformed request field.
@@ -85,6 +87,7 @@ pub fn task_status(s: &pb::TaskStatus) -> Result<(TaskKey, TaskStatus), Invalid>
         failure_class,
         metrics: metrics(s.metrics.as_ref()),
         slot: SlotIndex(s.slot),
+        damaged_checkpoint: (s.damaged_checkpoint > 0).then_some(s.damaged_checkpoint),
     };
     Ok((key, status))
 }
@@ -166,4 +169,27 @@ mod tests {
         };
         assert!(registration(&req).is_err());
     }
+}
+
+/// The subtask and checkpoint of an acknowledgement or decline.
+pub fn checkpoint_subtask(
+    subtask: Option<&pb::SubtaskRef>,
+    checkpoint_id: u64,
+) -> Result<(JobId, Attempt, crate::checkpoint::SubtaskKey, CheckpointId), Invalid> {
+    let s = subtask.ok_or_else(|| Invalid("checkpoint report without subtask".into()))?;
+    if s.job_id.trim().is_empty() {
+        return Err(Invalid("checkpoint report with an empty job_id".into()));
+    }
+    if checkpoint_id == 0 {
+        return Err(Invalid("checkpoint id 0 does not exist".into()));
+    }
+    Ok((
+        JobId::from(s.job_id.as_str()),
+        Attempt(s.attempt),
+        crate::checkpoint::SubtaskKey {
+            vertex: VertexId(s.vertex),
+            index: SubtaskIndex(s.index),
+        },
+        CheckpointId(checkpoint_id),
+    ))
 }

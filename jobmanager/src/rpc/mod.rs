@@ -8,8 +8,10 @@
 
 pub mod convert;
 
+use crate::checkpoint::{AckTimings, OperatorSnapshot, hub::Event};
 use crate::context::Context;
 use eddy_proto::v1 as pb;
+use eddy_sdk::ids::NodeId;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -113,5 +115,60 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         }
         self.ctx.wake.notify_one();
         Ok(Response::new(pb::ReportTaskStatusResponse {}))
+    }
+
+    async fn acknowledge_checkpoint(
+        &self,
+        request: Request<pb::AcknowledgeCheckpointRequest>,
+    ) -> Result<Response<pb::AcknowledgeCheckpointResponse>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        let (job, attempt, subtask, checkpoint) =
+            convert::checkpoint_subtask(req.subtask.as_ref(), req.checkpoint_id)?;
+        let snapshots = req
+            .snapshots
+            .into_iter()
+            .map(|s| OperatorSnapshot {
+                node: NodeId(s.node_id),
+                manifest_path: s.manifest_path,
+                state_bytes: s.state_bytes,
+                uploaded_bytes: s.uploaded_bytes,
+            })
+            .collect();
+        tracing::debug!(job_id = %job, checkpoint_id = checkpoint.0, vertex = subtask.vertex.0, subtask = subtask.index.0, "checkpoint acknowledged");
+        self.ctx.checkpoints.send(Event::Ack {
+            job,
+            attempt,
+            subtask,
+            checkpoint,
+            snapshots,
+            timings: AckTimings {
+                alignment_ms: req.alignment_ms,
+                sync_ms: req.sync_ms,
+                async_ms: req.async_ms,
+            },
+        });
+        self.ctx.wake.notify_one();
+        Ok(Response::new(pb::AcknowledgeCheckpointResponse {}))
+    }
+
+    async fn decline_checkpoint(
+        &self,
+        request: Request<pb::DeclineCheckpointRequest>,
+    ) -> Result<Response<pb::DeclineCheckpointResponse>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        let (job, attempt, subtask, checkpoint) =
+            convert::checkpoint_subtask(req.subtask.as_ref(), req.checkpoint_id)?;
+        tracing::info!(job_id = %job, checkpoint_id = checkpoint.0, vertex = subtask.vertex.0, subtask = subtask.index.0, reason = %req.reason, "checkpoint declined");
+        self.ctx.checkpoints.send(Event::Decline {
+            job,
+            attempt,
+            subtask,
+            checkpoint,
+            reason: req.reason,
+        });
+        self.ctx.wake.notify_one();
+        Ok(Response::new(pb::DeclineCheckpointResponse {}))
     }
 }

@@ -31,6 +31,9 @@ pub struct TaskStatus {
     pub failure_class: Option<FailureClass>,
     pub metrics: SubtaskMetricsInfo,
     pub slot: SlotIndex,
+    /// The checkpoint the subtask restored from, when it failed because that
+    /// checkpoint is damaged.
+    pub damaged_checkpoint: Option<u64>,
 }
 
 impl TaskStatus {
@@ -230,6 +233,7 @@ mod tests {
             failure_class: None,
             metrics: SubtaskMetricsInfo::default(),
             slot: SlotIndex(0),
+            damaged_checkpoint: None,
         }
     }
 

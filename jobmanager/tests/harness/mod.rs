@@ -96,6 +96,7 @@ fn subtask_status(
             ..Default::default()
         }),
         slot: p.slot,
+        damaged_checkpoint: 0,
     }
 }
 
@@ -138,6 +139,27 @@ impl pb::task_manager_service_server::TaskManagerService for Service {
         }
         self.0.cancels.lock().unwrap().push(req);
         Ok(Response::new(pb::CancelJobResponse {}))
+    }
+
+    async fn trigger_checkpoint(
+        &self,
+        _: Request<pb::TriggerCheckpointRequest>,
+    ) -> Result<Response<pb::TriggerCheckpointResponse>, Status> {
+        Ok(Response::new(pb::TriggerCheckpointResponse { sources: 0 }))
+    }
+
+    async fn notify_checkpoint_complete(
+        &self,
+        _: Request<pb::CheckpointNotice>,
+    ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
+        Ok(Response::new(pb::CheckpointNoticeResponse {}))
+    }
+
+    async fn abort_checkpoint(
+        &self,
+        _: Request<pb::CheckpointNotice>,
+    ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
+        Ok(Response::new(pb::CheckpointNoticeResponse {}))
     }
 }
 

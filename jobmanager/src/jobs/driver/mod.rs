@@ -15,8 +15,12 @@
 mod states;
 
 use super::taskmanager_calls::cancel_job;
-use crate::cluster_state::{Command, Failure, FinalTask, JobRecord, Placement};
+use crate::checkpoint::service::{self, RunningJob, Service};
+use crate::cluster_state::{
+    Command, ExceptionRecord, Failure, FailureAction, FinalTask, JobRecord, Placement,
+};
 use crate::context::{Context, now_ms};
+use crate::restart::Decision;
 use crate::scheduler::Capacity;
 use crate::taskmanagers::{Registry, TaskKey, TaskStatus};
 use eddy_sdk::FailureClass;
@@ -57,11 +61,15 @@ struct Leadership {
 pub struct Driver {
     ctx: Arc<Context>,
     leadership: Option<Leadership>,
+    /// The checkpoint coordinators of running jobs (`None` when another
+    /// driver of this process took the hub's events: tests only).
+    checkpoints: Option<Service>,
 }
 
 impl Driver {
     pub fn new(ctx: Arc<Context>) -> Self {
         Driver {
+            checkpoints: Service::new(ctx.clone()),
             ctx,
             leadership: None,
         }
@@ -93,6 +101,9 @@ impl Driver {
         if !self.ctx.is_leader() {
             if self.leadership.take().is_some() {
                 info!("no longer the leader; job driver idle");
+                if let Some(c) = self.checkpoints.as_mut() {
+                    c.reset();
+                }
             }
             return;
         }
@@ -134,9 +145,11 @@ impl Driver {
                 JobState::Created => self.drive_created(job, &mut capacity).await,
                 JobState::Running => self.drive_running(job).await,
                 JobState::Cancelling => self.drive_cancelling(job).await,
+                JobState::Restarting => self.drive_restarting(job).await,
                 _ => {}
             }
         }
+        self.step_checkpoints().await;
         let live: BTreeSet<&JobId> = jobs.iter().map(|j| &j.id).collect();
         if let Some(l) = self.leadership.as_mut() {
             l.cancel_sent.retain(|id, _| live.contains(id));
@@ -318,28 +331,161 @@ impl Driver {
         })
     }
 
-    /// Commits the job's failure and cancels its tasks on its live TaskManagers.
+    /// Records the job's failure and cancels its tasks on its live
+    /// TaskManagers. A job with a restart strategy (jobs with checkpoints have
+    /// one) RESTARTS from its latest checkpoint after the strategy's backoff,
+    /// until it fails too often; any other job FAILS.
     async fn fail_job(&mut self, job: &JobRecord, failure: Failure) {
+        self.fail_job_with(job, failure, None).await;
+    }
+
+    async fn fail_job_with(
+        &mut self,
+        job: &JobRecord,
+        failure: Failure,
+        damaged_checkpoint: Option<u64>,
+    ) {
         let class = failure.class;
         let chain = failure.chain.clone();
-        let cmd = Command::JobStateChanged {
+        let now = now_ms();
+        let restart = eddy_sdk::spec::parse_json(&job.spec_json)
+            .ok()
+            .and_then(|spec| service::restart_settings(&self.ctx.config, &spec).ok())
+            .flatten();
+        let mut tracker = job.restart.clone();
+        let (action, restart_at_ms) = match restart.as_ref().map(|r| tracker.on_failure(r, now)) {
+            Some(Decision::Restart { after }) => {
+                let backoff_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                let restore_checkpoint = self.ctx.read(|s| {
+                    s.checkpoint_catalog(&job.id).and_then(|c| {
+                        c.completed
+                            .iter()
+                            .chain(&c.savepoints)
+                            .filter(|c| Some(c.id.0) != damaged_checkpoint)
+                            .map(|c| c.id.0)
+                            .max()
+                    })
+                });
+                (
+                    FailureAction::Restart {
+                        backoff_ms,
+                        restore_checkpoint,
+                    },
+                    Some(now.saturating_add(i64::try_from(backoff_ms).unwrap_or(i64::MAX))),
+                )
+            }
+            Some(Decision::Fail { reason }) => {
+                warn!(job_id = %job.id, %reason, "restart strategy exhausted");
+                (FailureAction::Fail, None)
+            }
+            None => (FailureAction::Fail, None),
+        };
+        let mut failure = failure;
+        if let (FailureAction::Fail, Some(_)) = (&action, restart) {
+            // Say why the job is not restarted again.
+            failure.chain.push(
+                "the restart strategy allows no more restarts (see the job's exceptions)".into(),
+            );
+        }
+        let restarting = matches!(action, FailureAction::Restart { .. });
+        let cmd = Command::JobFailure {
             id: job.id.clone(),
-            attempt: Some(job.attempt),
-            state: JobState::Failed,
-            time_ms: failure.time_ms,
-            message: None,
-            failure: Some(failure),
-            final_tasks: self.final_tasks(job),
+            attempt: job.attempt,
+            record: ExceptionRecord {
+                failure,
+                attempt: job.attempt,
+                action: action.clone(),
+                damaged_checkpoint,
+            },
+            tracker,
+            restart_at_ms,
+            final_tasks: if restarting {
+                Vec::new()
+            } else {
+                self.final_tasks(job)
+            },
         };
         match self.ctx.write(cmd).await {
             Ok(()) => {
-                error!(job_id = %job.id, class = class.as_str(), ?chain, "job failed");
+                if restarting {
+                    let labels = vec![("job_id".to_string(), job.id.to_string())];
+                    self.ctx.metrics.job_restarts.get_or_create(&labels).inc();
+                    warn!(job_id = %job.id, class = class.as_str(), ?chain, ?action, "job attempt failed; restarting");
+                } else {
+                    error!(job_id = %job.id, class = class.as_str(), ?chain, "job failed");
+                }
                 let tms = self.alive_addresses(job);
                 cancel_job(&self.ctx, &job.id, tms);
             }
             Err(e) => warn!(job_id = %job.id, error = %e, "cannot record the job's failure"),
         }
     }
+}
+
+impl Driver {
+    /// Runs the checkpoint coordinators of the RUNNING jobs, and fails (or
+    /// restarts) the jobs whose checkpoints keep failing.
+    async fn step_checkpoints(&mut self) {
+        let Some(mut service) = self.checkpoints.take() else {
+            return;
+        };
+        let jobs: Vec<JobRecord> = self.ctx.read(|s| {
+            s.jobs
+                .values()
+                .filter(|j| j.state == JobState::Running)
+                .cloned()
+                .collect()
+        });
+        let running: Vec<RunningJob<'_>> = jobs
+            .iter()
+            .map(|job| {
+                let presence = self.presence(job);
+                let sources = source_vertices(job);
+                RunningJob {
+                    record: job,
+                    ready: presence.iter().all(|(_, p)| {
+                        matches!(p, Presence::Reported(s) if s.state == eddy_sdk::rest::TaskState::Running)
+                    }),
+                    taskmanagers: self.alive_addresses(job),
+                    sources_finished: !sources.is_empty()
+                        && presence
+                            .iter()
+                            .filter(|(p, _)| sources.contains(&p.vertex))
+                            .all(|(_, s)| {
+                                matches!(s, Presence::Reported(st) if st.metrics.watermark_ms == Some(i64::MAX))
+                            }),
+                }
+            })
+            .collect();
+        let failed = service.step(&running).await;
+        self.checkpoints = Some(service);
+        for (id, reason) in failed {
+            if let Some(job) = jobs.iter().find(|j| j.id == id) {
+                self.fail_job(job, infrastructure(reason, None)).await;
+            }
+        }
+    }
+}
+
+/// The vertices of `job` that start with a source.
+fn source_vertices(job: &JobRecord) -> BTreeSet<eddy_sdk::ids::VertexId> {
+    let Ok(spec) = eddy_sdk::spec::parse_json(&job.spec_json) else {
+        return BTreeSet::new();
+    };
+    let Ok(graph) = eddy_sdk::graph::build(&spec) else {
+        return BTreeSet::new();
+    };
+    graph
+        .vertices
+        .iter()
+        .filter(|v| {
+            v.nodes
+                .first()
+                .and_then(|n| spec.node(n))
+                .is_some_and(|n| n.kind.is_source())
+        })
+        .map(|v| v.id)
+        .collect()
 }
 
 fn infrastructure(message: String, taskmanager: Option<TaskManagerId>) -> Failure {

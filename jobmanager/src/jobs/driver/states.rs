@@ -4,10 +4,12 @@
 //! timeout passed).
 
 use super::{Driver, Presence, infrastructure};
+use crate::checkpoint::service;
 use crate::cluster_state::{Command, Failure, JobRecord, Placement};
 use crate::context::now_ms;
 use crate::jobs::taskmanager_calls::{self, cancel_job};
 use crate::scheduler::{self, Capacity};
+use eddy_proto::v1 as pb;
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::Attempt;
 use eddy_sdk::rest::{JobState, TaskState};
@@ -92,9 +94,36 @@ impl Driver {
         attempt: Attempt,
         placements: &[Placement],
     ) {
-        match taskmanager_calls::deploy(&self.ctx, &job.id, attempt, &job.spec_json, placements)
-            .await
-        {
+        let (checkpointing, restore) = match self.checkpoint_plan(job) {
+            Ok(plan) => plan,
+            Err(message) => {
+                let failure = Failure {
+                    class: FailureClass::UserCode,
+                    chain: vec![message.clone()],
+                    message,
+                    taskmanager: None,
+                    vertex: None,
+                    time_ms: now_ms(),
+                };
+                let mut job = job.clone();
+                job.attempt = attempt;
+                job.placements = placements.to_vec();
+                self.fail_job(&job, failure).await;
+                return;
+            }
+        };
+        if let Some(r) = &restore {
+            info!(job_id = %job.id, attempt = attempt.0, checkpoint_id = r.checkpoint_id, storage = %r.storage, "restoring from checkpoint");
+        }
+        let request = taskmanager_calls::DeployRequest {
+            job_id: &job.id,
+            attempt,
+            spec_json: &job.spec_json,
+            placements,
+            checkpointing,
+            restore,
+        };
+        match taskmanager_calls::deploy(&self.ctx, request).await {
             Ok(()) => {
                 let cmd = Command::JobStateChanged {
                     id: job.id.clone(),
@@ -170,6 +199,75 @@ impl Driver {
         }
     }
 
+    /// The checkpoint configuration of a deploy, and what the attempt
+    /// restores from: the newest completed checkpoint or savepoint of the
+    /// catalog, else the savepoint the job was submitted with.
+    fn checkpoint_plan(
+        &self,
+        job: &JobRecord,
+    ) -> Result<(Option<pb::CheckpointConfig>, Option<pb::RestoreFrom>), String> {
+        let spec = eddy_sdk::spec::parse_json(&job.spec_json)
+            .map_err(|e| format!("the stored job spec is invalid: {}", e.message))?;
+        let Some(settings) = service::checkpoint_settings(&self.ctx.config, &spec)
+            .map_err(|e| format!("the job's checkpoint settings are invalid: {}", e.message))?
+        else {
+            return Ok((None, None));
+        };
+        let latest = self.ctx.read(|s| {
+            s.checkpoint_catalog(&job.id)
+                .and_then(|c| c.latest().cloned())
+        });
+        let restore = match (latest, &job.restore_from) {
+            (Some(c), _) => Some(pb::RestoreFrom {
+                checkpoint_id: c.id.0,
+                snapshots: c
+                    .snapshots
+                    .iter()
+                    .map(|s| pb::RestoredSnapshot {
+                        node_id: s.node.to_string(),
+                        manifest_path: s.manifest_path.clone(),
+                    })
+                    .collect(),
+                storage: c.storage_root.clone(),
+            }),
+            (None, Some(r)) => Some(pb::RestoreFrom {
+                checkpoint_id: r.checkpoint.0,
+                snapshots: r
+                    .snapshots
+                    .iter()
+                    .map(|(node, path)| pb::RestoredSnapshot {
+                        node_id: node.to_string(),
+                        manifest_path: path.clone(),
+                    })
+                    .collect(),
+                storage: r.location.clone(),
+            }),
+            (None, None) => None,
+        };
+        Ok((Some(service::deploy_config(&settings)), restore))
+    }
+
+    /// RESTARTING: once the backoff is over, the job is CREATED again and
+    /// scheduled like a new one (its tasks restore the latest checkpoint).
+    pub(super) async fn drive_restarting(&mut self, job: &JobRecord) {
+        if job.restart_at_ms.is_some_and(|at| now_ms() < at) {
+            return;
+        }
+        let cmd = Command::JobStateChanged {
+            id: job.id.clone(),
+            attempt: Some(job.attempt),
+            state: JobState::Created,
+            time_ms: now_ms(),
+            message: Some("restarting: waiting for slots".into()),
+            failure: None,
+            final_tasks: Vec::new(),
+        };
+        match self.ctx.write(cmd).await {
+            Ok(()) => info!(job_id = %job.id, attempt = job.attempt.0, "job restarting"),
+            Err(e) => warn!(job_id = %job.id, error = %e, "cannot restart the job"),
+        }
+    }
+
     pub(super) async fn drive_running(&mut self, job: &JobRecord) {
         let presence = self.presence(job);
         if let Some((p, status)) = presence.iter().find_map(|(p, s)| match s {
@@ -192,7 +290,8 @@ impl Driver {
                 vertex: Some(p.vertex),
                 time_ms: now_ms(),
             };
-            self.fail_job(job, failure).await;
+            let damaged = status.damaged_checkpoint;
+            self.fail_job_with(job, failure, damaged).await;
             return;
         }
         let all_finished = presence

@@ -1,0 +1,679 @@
+//! The leader's checkpoint service: one [`Coordinator`] per running job with
+//! checkpoints, fed with ticks and the events of the [`Hub`](super::hub)
+//! (acknowledgements, declines, savepoint requests), and the executor of
+//! its actions: Raft proposals, RPCs to TaskManagers, `_metadata` writes,
+//! savepoint copies and the deletion of discarded checkpoints.
+//!
+//! Long work (writing `_metadata`, copying a savepoint, deleting files) runs
+//! in spawned tasks that report back through a channel, so a step of the job
+//! driver never waits on object storage.
+
+use super::hub::{Event, OperationStatus};
+use super::{Action, Coordinator, Topology, VertexInfo};
+use crate::cluster_state::{Command, CompletedCheckpoint, JobRecord};
+use crate::config::Config;
+use crate::context::{Context, now_ms};
+use eddy_proto::v1 as pb;
+use eddy_sdk::checkpoint_layout::{METADATA_FILE, SavepointLayout};
+use eddy_sdk::ids::{Attempt, CheckpointId, JobId, TaskManagerId};
+use eddy_sdk::spec::{CheckpointSettings, JobSpec, RestartSettings, RestartSpec, StateBackendKind};
+use eddy_sdk::storage::CheckpointStorage;
+use eddy_sdk::storage::manifest::{BackendKind, SubtaskManifest};
+use eddy_sdk::storage::metadata::{METADATA_FORMAT, MetadataEntry, SnapshotMetadata};
+use eddy_sdk::{ApiError, graph};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// How long one checkpoint RPC to a TaskManager may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the latest commit is announced again: a lost notice would
+/// otherwise leave sinks holding committed data back (and a finishing job
+/// waiting) until the next checkpoint.
+const RENOTIFY_EVERY_MS: i64 = 5_000;
+
+/// The job's checkpoint settings (`None`: the job takes no checkpoints).
+pub fn checkpoint_settings(
+    config: &Config,
+    spec: &JobSpec,
+) -> Result<Option<CheckpointSettings>, ApiError> {
+    spec.checkpoint
+        .as_ref()
+        .map(|c| c.resolve(&config.checkpoint))
+        .transpose()
+}
+
+/// The job's restart strategy (`None`: a failure fails the job). Jobs with
+/// checkpoints restart with the cluster's default strategy unless they set
+/// their own, as in Flink.
+pub fn restart_settings(
+    config: &Config,
+    spec: &JobSpec,
+) -> Result<Option<RestartSettings>, ApiError> {
+    if spec.checkpoint.is_none() && spec.restart.is_none() {
+        return Ok(None);
+    }
+    RestartSpec::resolve(spec.restart.as_ref(), &config.restart).map(Some)
+}
+
+fn backend_kind(b: StateBackendKind) -> BackendKind {
+    match b {
+        StateBackendKind::Memory => BackendKind::Memory,
+        StateBackendKind::Rocksdb => BackendKind::Rocksdb,
+    }
+}
+
+/// The `CheckpointConfig` of a deploy request.
+pub fn deploy_config(settings: &CheckpointSettings) -> pb::CheckpointConfig {
+    pb::CheckpointConfig {
+        storage: settings.storage.clone(),
+        backend: settings.backend.as_str().to_string(),
+    }
+}
+
+/// The subtasks and stateful operators a checkpoint of `spec` covers.
+pub fn topology(spec: &JobSpec) -> Result<Topology, ApiError> {
+    let graph = graph::build(spec)?;
+    let mut vertices = BTreeMap::new();
+    for v in &graph.vertices {
+        let stateful_nodes: BTreeSet<_> = v
+            .nodes
+            .iter()
+            .filter(|n| spec.node(n).is_some_and(|node| node.kind.is_stateful()))
+            .cloned()
+            .collect();
+        vertices.insert(
+            v.id,
+            VertexInfo {
+                parallelism: v.parallelism,
+                stateful_nodes,
+            },
+        );
+    }
+    Ok(Topology { vertices })
+}
+
+/// A running job as the driver sees it in one step.
+pub struct RunningJob<'a> {
+    pub record: &'a JobRecord,
+    /// Every subtask of the attempt reported RUNNING: barriers can flow.
+    pub ready: bool,
+    /// The live TaskManagers of the attempt, with their RPC addresses.
+    pub taskmanagers: Vec<(TaskManagerId, String)>,
+    /// Every source subtask reached the end of its input (its watermark is
+    /// final) and waits for a last checkpoint before the job can finish.
+    pub sources_finished: bool,
+}
+
+struct JobCheckpoints {
+    attempt: Attempt,
+    coordinator: Coordinator,
+    max_parallelism: u32,
+    storage: Arc<CheckpointStorage>,
+    taskmanagers: Vec<(TaskManagerId, String)>,
+    /// Savepoint operations queued in the coordinator, by target.
+    queued_ops: HashMap<String, (String, bool)>,
+    /// Savepoint operations triggered, by checkpoint id.
+    triggered_ops: HashMap<CheckpointId, (String, bool)>,
+    /// When the latest commit was last announced.
+    notified_at_ms: i64,
+}
+
+/// What a spawned `_metadata` write or savepoint copy came back with.
+struct Prepared {
+    job: JobId,
+    id: CheckpointId,
+    result: Result<CompletedCheckpoint, String>,
+}
+
+pub struct Service {
+    ctx: Arc<Context>,
+    events: mpsc::UnboundedReceiver<Event>,
+    jobs: HashMap<JobId, JobCheckpoints>,
+    prepared_tx: mpsc::UnboundedSender<Prepared>,
+    prepared_rx: mpsc::UnboundedReceiver<Prepared>,
+}
+
+impl Service {
+    /// The service, holding the hub's event stream (`None` if already taken).
+    pub fn new(ctx: Arc<Context>) -> Option<Self> {
+        let events = ctx.checkpoints.take_events()?;
+        let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
+        Some(Service {
+            ctx,
+            events,
+            jobs: HashMap::new(),
+            prepared_tx,
+            prepared_rx,
+        })
+    }
+
+    /// Leadership was lost: forget the coordinators (a new leader starts
+    /// afresh from the Raft catalog) and drop pending events.
+    pub fn reset(&mut self) {
+        self.jobs.clear();
+        while self.events.try_recv().is_ok() {}
+    }
+
+    /// One pass: follows the running jobs, applies the pending events, ticks
+    /// the coordinators and carries out their actions. Returns the jobs the
+    /// coordinators gave up on (too many failed checkpoints), with why.
+    pub async fn step(&mut self, running: &[RunningJob<'_>]) -> Vec<(JobId, String)> {
+        let now = now_ms();
+        let mut actions: Vec<(JobId, Action)> = Vec::new();
+        let live: BTreeSet<&JobId> = running.iter().map(|r| &r.record.id).collect();
+        self.jobs.retain(|id, _| live.contains(id));
+        for r in running {
+            if let Some(a) = self.follow(r, now) {
+                actions.extend(a.into_iter().map(|a| (r.record.id.clone(), a)));
+            }
+        }
+        while let Ok(event) = self.events.try_recv() {
+            actions.extend(self.on_event(event, now));
+        }
+        while let Ok(p) = self.prepared_rx.try_recv() {
+            actions.extend(self.on_prepared(p).await);
+        }
+        for r in running.iter().filter(|r| r.ready) {
+            if let Some(job) = self.jobs.get_mut(&r.record.id) {
+                let a = if r.sources_finished && job.coordinator.pending().is_none() {
+                    job.coordinator.request_checkpoint(now)
+                } else {
+                    job.coordinator.tick(now)
+                };
+                actions.extend(a.into_iter().map(|a| (r.record.id.clone(), a)));
+            }
+        }
+        let latest: Vec<(JobId, CheckpointId)> = self
+            .jobs
+            .iter_mut()
+            .filter(|(_, j)| now.saturating_sub(j.notified_at_ms) >= RENOTIFY_EVERY_MS)
+            .filter_map(|(id, j)| {
+                j.notified_at_ms = now;
+                let c = self
+                    .ctx
+                    .read(|s| s.checkpoint_catalog(id).and_then(|c| c.highest_completed()))?;
+                Some((id.clone(), c))
+            })
+            .collect();
+        for (id, c) in latest {
+            self.notify(&id, c, None);
+        }
+        let mut failed = Vec::new();
+        // Actions may lead to more (a reservation lets a trigger happen).
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for (job, action) in actions {
+                next.extend(self.execute(&job, action, &mut failed).await);
+            }
+            actions = next;
+        }
+        for (id, job) in &self.jobs {
+            self.ctx
+                .checkpoints
+                .publish_stats(id, job.coordinator.stats());
+        }
+        failed
+    }
+
+    /// Creates or updates the coordinator of a running job with checkpoints.
+    fn follow(&mut self, r: &RunningJob<'_>, now: i64) -> Option<Vec<Action>> {
+        let record = r.record;
+        if let Some(job) = self.jobs.get_mut(&record.id) {
+            job.taskmanagers = r.taskmanagers.clone();
+            if job.attempt == record.attempt {
+                return None;
+            }
+            let spec = eddy_sdk::spec::parse_json(&record.spec_json).ok()?;
+            let topology = topology(&spec).ok()?;
+            job.attempt = record.attempt;
+            let restored = self.ctx.read(|s| {
+                s.checkpoint_catalog(&record.id)
+                    .and_then(|c| c.latest().cloned())
+            });
+            return Some(
+                job.coordinator
+                    .on_job_restarted(topology, restored.as_ref(), now),
+            );
+        }
+        let spec = eddy_sdk::spec::parse_json(&record.spec_json).ok()?;
+        let settings = match checkpoint_settings(&self.ctx.config, &spec) {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(job_id = %record.id, error = %e.message, "the job's checkpoint settings do not resolve");
+                return None;
+            }
+        };
+        let topology = topology(&spec).ok()?;
+        let storage = match CheckpointStorage::open(&settings.storage, &[]) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!(job_id = %record.id, error = %e, "cannot open the job's checkpoint storage");
+                return None;
+            }
+        };
+        let catalog = self.ctx.read(|s| s.checkpoint_catalog(&record.id).cloned());
+        let coordinator =
+            Coordinator::new(record.id.clone(), settings, topology, catalog.as_ref(), now);
+        self.jobs.insert(
+            record.id.clone(),
+            JobCheckpoints {
+                attempt: record.attempt,
+                coordinator,
+                max_parallelism: record.max_parallelism,
+                storage,
+                taskmanagers: r.taskmanagers.clone(),
+                queued_ops: HashMap::new(),
+                triggered_ops: HashMap::new(),
+                notified_at_ms: now,
+            },
+        );
+        Some(Vec::new())
+    }
+
+    fn on_event(&mut self, event: Event, now: i64) -> Vec<(JobId, Action)> {
+        match event {
+            Event::Ack {
+                job,
+                attempt,
+                subtask,
+                checkpoint,
+                snapshots,
+                timings,
+            } => match self.jobs.get_mut(&job) {
+                Some(j) if j.attempt == attempt => j
+                    .coordinator
+                    .on_ack(checkpoint, subtask, snapshots, timings, now)
+                    .into_iter()
+                    .map(|a| (job.clone(), a))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            Event::Decline {
+                job,
+                attempt,
+                subtask,
+                checkpoint,
+                reason,
+            } => match self.jobs.get_mut(&job) {
+                Some(j) if j.attempt == attempt => j
+                    .coordinator
+                    .on_decline(checkpoint, subtask, &reason, now)
+                    .into_iter()
+                    .map(|a| (job.clone(), a))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            Event::Savepoint {
+                job,
+                operation,
+                target,
+                stop,
+            } => match self.jobs.get_mut(&job) {
+                Some(j) => {
+                    j.queued_ops.insert(target.clone(), (operation, stop));
+                    j.coordinator
+                        .trigger_savepoint(target, now)
+                        .into_iter()
+                        .map(|a| (job.clone(), a))
+                        .collect()
+                }
+                None => {
+                    self.ctx.checkpoints.update_operation(&operation, |op| {
+                        op.status = OperationStatus::Failed;
+                        op.failure = Some(format!(
+                            "job {job} is not running with checkpoints on this jobmanager"
+                        ));
+                    });
+                    Vec::new()
+                }
+            },
+        }
+    }
+
+    /// A `_metadata` write (or savepoint copy) finished: commit through Raft.
+    async fn on_prepared(&mut self, p: Prepared) -> Vec<(JobId, Action)> {
+        let now = now_ms();
+        let Some(job) = self.jobs.get_mut(&p.job) else {
+            return Vec::new();
+        };
+        let actions = match p.result {
+            Ok(completed) => {
+                let cmd = Command::CheckpointCompleted {
+                    job: p.job.clone(),
+                    checkpoint: completed.clone(),
+                };
+                match self.ctx.write(cmd).await {
+                    Ok(()) => {
+                        info!(
+                            job_id = %p.job,
+                            checkpoint_id = p.id.0,
+                            state_bytes = completed.state_bytes(),
+                            uploaded_bytes = completed.uploaded_bytes(),
+                            savepoint = completed.savepoint_path.as_deref().unwrap_or(""),
+                            "checkpoint completed"
+                        );
+                        let labels = vec![("job_id".to_string(), p.job.to_string())];
+                        let m = &self.ctx.metrics;
+                        let mut done = labels.clone();
+                        done.push(("outcome".into(), "completed".into()));
+                        m.checkpoints.get_or_create(&done).inc();
+                        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                        m.last_checkpoint_duration_ms.get_or_create(&labels).set(
+                            completed
+                                .completed_time_ms
+                                .saturating_sub(completed.trigger_time_ms),
+                        );
+                        m.last_checkpoint_size_bytes
+                            .get_or_create(&labels)
+                            .set(gauge(completed.state_bytes()));
+                        m.last_checkpoint_uploaded_bytes
+                            .get_or_create(&labels)
+                            .set(gauge(completed.uploaded_bytes()));
+                        if let Some((op, _)) = job.triggered_ops.get(&p.id) {
+                            self.ctx.checkpoints.update_operation(op, |o| {
+                                o.status = OperationStatus::Completed;
+                                o.checkpoint_id = Some(p.id.0);
+                            });
+                        }
+                        job.coordinator.on_committed(p.id, now)
+                    }
+                    Err(e) => job.coordinator.on_commit_failed(p.id, &e.to_string(), now),
+                }
+            }
+            Err(reason) => job.coordinator.on_commit_failed(p.id, &reason, now),
+        };
+        actions.into_iter().map(|a| (p.job.clone(), a)).collect()
+    }
+
+    async fn execute(
+        &mut self,
+        job_id: &JobId,
+        action: Action,
+        failed: &mut Vec<(JobId, String)>,
+    ) -> Vec<(JobId, Action)> {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Vec::new();
+        };
+        match action {
+            Action::ReserveIds { up_to } => {
+                let cmd = Command::ReserveCheckpointIds {
+                    job: job_id.clone(),
+                    up_to,
+                };
+                match self.ctx.write(cmd).await {
+                    Ok(()) => job.coordinator.on_ids_reserved(up_to),
+                    Err(e) => {
+                        warn!(job_id = %job_id, error = %e, "cannot reserve checkpoint ids");
+                        job.coordinator.on_reserve_failed();
+                    }
+                }
+                // The next tick triggers.
+                Vec::new()
+            }
+            Action::Trigger {
+                id,
+                timestamp_ms,
+                savepoint_path,
+            } => {
+                let kind = match savepoint_path
+                    .as_ref()
+                    .and_then(|p| job.queued_ops.remove(p))
+                {
+                    Some((op, stop)) => {
+                        self.ctx
+                            .checkpoints
+                            .update_operation(&op, |o| o.checkpoint_id = Some(id.0));
+                        job.triggered_ops.insert(id, (op, stop));
+                        if stop {
+                            pb::BarrierKind::StopWithSavepoint
+                        } else {
+                            pb::BarrierKind::Savepoint
+                        }
+                    }
+                    None if savepoint_path.is_some() => pb::BarrierKind::Savepoint,
+                    None => pb::BarrierKind::Checkpoint,
+                };
+                tracing::debug!(job_id = %job_id, checkpoint_id = id.0, ?kind, "triggering checkpoint");
+                let request = pb::TriggerCheckpointRequest {
+                    job_id: job_id.to_string(),
+                    attempt: job.attempt.0,
+                    checkpoint_id: id.0,
+                    timestamp_ms,
+                    kind: kind as i32,
+                    leader_term: self.ctx.term(),
+                };
+                for (tm_id, addr) in job.taskmanagers.clone() {
+                    let ctx = self.ctx.clone();
+                    let request = request.clone();
+                    tokio::spawn(async move {
+                        let call = async {
+                            let mut client = ctx.tm_client(&addr).map_err(|e| e.to_string())?;
+                            client
+                                .trigger_checkpoint(request)
+                                .await
+                                .map_err(|s| s.message().to_string())
+                        };
+                        match tokio::time::timeout(RPC_TIMEOUT, call).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => warn!(%tm_id, error = %e, "trigger not delivered"),
+                            Err(_) => warn!(%tm_id, "trigger timed out"),
+                        }
+                    });
+                }
+                Vec::new()
+            }
+            Action::Commit(completed) => {
+                let storage = job.storage.clone();
+                let max_parallelism = job.max_parallelism;
+                let tx = self.prepared_tx.clone();
+                let job_id = job_id.clone();
+                tokio::spawn(async move {
+                    let id = completed.id;
+                    let result = prepare_commit(&storage, &job_id, max_parallelism, completed)
+                        .await
+                        .map_err(|e| eddy_sdk::error::error_chain(&e).join(": "));
+                    let _ = tx.send(Prepared {
+                        job: job_id,
+                        id,
+                        result,
+                    });
+                });
+                Vec::new()
+            }
+            Action::Abort { id, reason } => {
+                let labels = vec![
+                    ("job_id".to_string(), job_id.to_string()),
+                    ("outcome".to_string(), "failed".to_string()),
+                ];
+                self.ctx.metrics.checkpoints.get_or_create(&labels).inc();
+                if let Some((op, _)) = job.triggered_ops.remove(&id) {
+                    self.ctx.checkpoints.update_operation(&op, |o| {
+                        o.status = OperationStatus::Failed;
+                        o.failure = Some(reason.clone());
+                    });
+                }
+                self.notify(job_id, id, Some(reason));
+                Vec::new()
+            }
+            Action::NotifyComplete { id } => {
+                job.triggered_ops.remove(&id);
+                job.notified_at_ms = now_ms();
+                self.notify(job_id, id, None);
+                Vec::new()
+            }
+            Action::Discard { ids } => {
+                self.discard(job_id, ids).await;
+                Vec::new()
+            }
+            Action::FailJob { reason } => {
+                failed.push((job_id.clone(), reason));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends `NotifyCheckpointComplete` (no reason) or `AbortCheckpoint`.
+    fn notify(&self, job_id: &JobId, id: CheckpointId, abort: Option<String>) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let notice = pb::CheckpointNotice {
+            job_id: job_id.to_string(),
+            attempt: job.attempt.0,
+            checkpoint_id: id.0,
+            leader_term: self.ctx.term(),
+            reason: abort.clone().unwrap_or_default(),
+        };
+        for (tm_id, addr) in job.taskmanagers.clone() {
+            let ctx = self.ctx.clone();
+            let notice = notice.clone();
+            let abort = abort.is_some();
+            tokio::spawn(async move {
+                let call = async {
+                    let mut client = ctx.tm_client(&addr).map_err(|e| e.to_string())?;
+                    let r = if abort {
+                        client.abort_checkpoint(notice).await
+                    } else {
+                        client.notify_checkpoint_complete(notice).await
+                    };
+                    r.map_err(|s| s.message().to_string())
+                };
+                match tokio::time::timeout(RPC_TIMEOUT, call).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(%tm_id, error = %e, "checkpoint notice not delivered"),
+                    Err(_) => warn!(%tm_id, "checkpoint notice timed out"),
+                }
+            });
+        }
+    }
+
+    /// Drops checkpoints beyond the retained count: from the catalog through
+    /// Raft, then their files (shared files only when no retained checkpoint
+    /// references them).
+    async fn discard(&self, job_id: &JobId, ids: Vec<CheckpointId>) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let catalog = self.ctx.read(|s| s.checkpoint_catalog(job_id).cloned());
+        let Some(catalog) = catalog else { return };
+        let cmd = Command::CheckpointsDiscarded {
+            job: job_id.clone(),
+            ids: ids.clone(),
+        };
+        if let Err(e) = self.ctx.write(cmd).await {
+            warn!(job_id = %job_id, error = %e, "cannot discard checkpoints");
+            return;
+        }
+        let dropped: Vec<CompletedCheckpoint> = catalog
+            .completed
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+            .cloned()
+            .collect();
+        let retained: Vec<CompletedCheckpoint> = catalog
+            .completed
+            .iter()
+            .filter(|c| !ids.contains(&c.id))
+            .cloned()
+            .collect();
+        let storage = job.storage.clone();
+        let job_id = job_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = delete_checkpoints(&storage, &job_id, &dropped, &retained).await {
+                warn!(job_id = %job_id, error = ?eddy_sdk::error::error_chain(&e), "cannot delete discarded checkpoints");
+            }
+        });
+    }
+}
+
+async fn read_manifests(
+    storage: &CheckpointStorage,
+    checkpoints: &[CompletedCheckpoint],
+) -> Result<Vec<SubtaskManifest>, eddy_sdk::storage::Error> {
+    let mut out = Vec::new();
+    for c in checkpoints {
+        for s in &c.snapshots {
+            out.push(storage.read_manifest(&s.manifest_path).await?);
+        }
+    }
+    Ok(out)
+}
+
+async fn delete_checkpoints(
+    storage: &CheckpointStorage,
+    job: &JobId,
+    dropped: &[CompletedCheckpoint],
+    retained: &[CompletedCheckpoint],
+) -> Result<(), eddy_sdk::storage::Error> {
+    let dropped_manifests = read_manifests(storage, dropped).await?;
+    let retained_manifests = read_manifests(storage, retained).await?;
+    for c in dropped {
+        let n = storage.delete_checkpoint(job, c.id).await?;
+        tracing::debug!(job_id = %job, checkpoint_id = c.id.0, files = n, "checkpoint deleted");
+    }
+    let released = storage
+        .release_shared(job, &dropped_manifests, &retained_manifests)
+        .await?;
+    tracing::debug!(job_id = %job, shared_files = released.len(), "shared files released");
+    Ok(())
+}
+
+/// Writes the checkpoint's `_metadata`; for a savepoint, first copies every
+/// snapshot into the savepoint directory (self-contained), writes its
+/// `_metadata` there and returns the checkpoint pointing at the copies.
+async fn prepare_commit(
+    storage: &CheckpointStorage,
+    job: &JobId,
+    max_parallelism: u32,
+    mut completed: CompletedCheckpoint,
+) -> Result<CompletedCheckpoint, eddy_sdk::storage::Error> {
+    let meta = |c: &CompletedCheckpoint, savepoint: bool| SnapshotMetadata {
+        format: METADATA_FORMAT,
+        job: job.clone(),
+        checkpoint: c.id,
+        backend: backend_kind(c.backend),
+        max_parallelism,
+        savepoint,
+        completed_time_ms: c.completed_time_ms,
+        snapshots: c
+            .snapshots
+            .iter()
+            .map(|s| MetadataEntry {
+                node: s.node.clone(),
+                subtask: s.index,
+                parallelism: s.parallelism,
+                manifest_path: s.manifest_path.clone(),
+                state_bytes: s.state_bytes,
+            })
+            .collect(),
+    };
+    let Some(target) = completed.savepoint_path.clone() else {
+        let path = storage.layout().metadata(job, completed.id);
+        storage
+            .write_metadata(&path, &meta(&completed, false))
+            .await?;
+        return Ok(completed);
+    };
+    let target_storage = CheckpointStorage::open(&target, &[])?;
+    let layout = SavepointLayout::new("");
+    let manifests = read_manifests(storage, std::slice::from_ref(&completed)).await?;
+    let copies = storage
+        .copy_to_savepoint(&manifests, &target_storage, &layout)
+        .await?;
+    for (entry, (path, _)) in completed.snapshots.iter_mut().zip(copies) {
+        entry.manifest_path = path;
+    }
+    completed.storage_root = target.clone();
+    target_storage
+        .write_metadata(&layout.metadata(), &meta(&completed, true))
+        .await?;
+    // The savepoint no longer needs the checkpoint's private files; its
+    // shared files may be the base of the next incremental checkpoints.
+    storage.delete_checkpoint(job, completed.id).await?;
+    debug_assert!(layout.metadata().ends_with(METADATA_FILE));
+    Ok(completed)
+}

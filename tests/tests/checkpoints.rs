@@ -81,8 +81,11 @@ fn ts_ms(v: &serde_json::Value) -> i64 {
 
 /// Every committed row of the sink, as (window start, key) -> every
 /// (count, sum) seen for it (more than one means a duplicate).
-fn committed(out: &Path) -> anyhow::Result<BTreeMap<(i64, i64), Vec<(i64, i64)>>> {
-    let mut m: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+/// `(window_start, key)` -> every `(count, sum)` committed for it.
+type Committed = BTreeMap<(i64, i64), Vec<(i64, i64)>>;
+
+fn committed(out: &Path) -> anyhow::Result<Committed> {
+    let mut m = Committed::new();
     for entry in std::fs::read_dir(out)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();

@@ -120,6 +120,29 @@ pub fn registration(req: &pb::RegisterTaskManagerRequest) -> Result<Registration
     })
 }
 
+/// The subtask and checkpoint of an acknowledgement or decline.
+pub fn checkpoint_subtask(
+    subtask: Option<&pb::SubtaskRef>,
+    checkpoint_id: u64,
+) -> Result<(JobId, Attempt, crate::checkpoint::SubtaskKey, CheckpointId), Invalid> {
+    let s = subtask.ok_or_else(|| Invalid("checkpoint report without subtask".into()))?;
+    if s.job_id.trim().is_empty() {
+        return Err(Invalid("checkpoint report with an empty job_id".into()));
+    }
+    if checkpoint_id == 0 {
+        return Err(Invalid("checkpoint id 0 does not exist".into()));
+    }
+    Ok((
+        JobId::from(s.job_id.as_str()),
+        Attempt(s.attempt),
+        crate::checkpoint::SubtaskKey {
+            vertex: VertexId(s.vertex),
+            index: SubtaskIndex(s.index),
+        },
+        CheckpointId(checkpoint_id),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,27 +192,4 @@ mod tests {
         };
         assert!(registration(&req).is_err());
     }
-}
-
-/// The subtask and checkpoint of an acknowledgement or decline.
-pub fn checkpoint_subtask(
-    subtask: Option<&pb::SubtaskRef>,
-    checkpoint_id: u64,
-) -> Result<(JobId, Attempt, crate::checkpoint::SubtaskKey, CheckpointId), Invalid> {
-    let s = subtask.ok_or_else(|| Invalid("checkpoint report without subtask".into()))?;
-    if s.job_id.trim().is_empty() {
-        return Err(Invalid("checkpoint report with an empty job_id".into()));
-    }
-    if checkpoint_id == 0 {
-        return Err(Invalid("checkpoint id 0 does not exist".into()));
-    }
-    Ok((
-        JobId::from(s.job_id.as_str()),
-        Attempt(s.attempt),
-        crate::checkpoint::SubtaskKey {
-            vertex: VertexId(s.vertex),
-            index: SubtaskIndex(s.index),
-        },
-        CheckpointId(checkpoint_id),
-    ))
 }

@@ -101,8 +101,8 @@ impl Transactional {
             );
             self.seq += 1;
             let path = self.dir.join(&name);
-            let file = File::create(&path)
-                .map_err(|e| io_error(&self.node, &path, "cannot create", e))?;
+            let file =
+                File::create(&path).map_err(|e| io_error(&self.node, &path, "cannot create", e))?;
             self.current = Some(Current {
                 name,
                 path,
@@ -134,9 +134,7 @@ impl Transactional {
             changes.delete(PENDING, kg, name.into_bytes());
         }
         if let Some(mut c) = self.current.take() {
-            c.writer
-                .finish()
-                .map_err(|e| encode_error("file", e))?;
+            c.writer.finish().map_err(|e| encode_error("file", e))?;
             let file = c.writer.get_mut();
             file.flush()
                 .and_then(|()| file.get_ref().sync_data())
@@ -158,7 +156,9 @@ impl Transactional {
 
     /// `checkpoint` was committed: make the files pending up to it visible.
     pub fn commit_up_to(&mut self, checkpoint: CheckpointId) -> Result<(), OperatorError> {
-        let later = self.pending.split_off(&CheckpointId(checkpoint.0.saturating_add(1)));
+        let later = self
+            .pending
+            .split_off(&CheckpointId(checkpoint.0.saturating_add(1)));
         let done = std::mem::replace(&mut self.pending, later);
         let mut renamed = 0usize;
         for file in done.into_values().flatten() {
@@ -197,15 +197,16 @@ impl Transactional {
     pub fn end(&mut self) -> Result<(), OperatorError> {
         self.clean_up_once()?;
         if let Some(mut c) = self.current.take() {
-            c.writer
-                .finish()
-                .map_err(|e| encode_error("file", e))?;
+            c.writer.finish().map_err(|e| encode_error("file", e))?;
             let file = c.writer.get_mut();
             file.flush()
                 .and_then(|()| file.get_ref().sync_data())
                 .map_err(|e| io_error(&self.node, &c.path, "cannot sync", e))?;
             let file = Pending {
-                final_name: format!("part-{}-{}-end-a{}.jsonl", self.job, self.own.0, self.attempt),
+                final_name: format!(
+                    "part-{}-{}-end-a{}.jsonl",
+                    self.job, self.own.0, self.attempt
+                ),
                 in_progress: c.name,
             };
             tracing::warn!(node = %self.node, file = %file.final_name, "rows after the final checkpoint published at the end of input");

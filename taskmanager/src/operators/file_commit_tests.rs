@@ -61,9 +61,17 @@ fn file_sink_transactional_rows_are_visible_only_after_their_checkpoint_commits(
     h.batch(rows(&[1, 2])).unwrap();
     h.checkpoint(1).unwrap();
     h.batch(rows(&[3])).unwrap();
-    assert_eq!(visible(dir.path()), Vec::<i64>::new(), "nothing committed yet");
+    assert_eq!(
+        visible(dir.path()),
+        Vec::<i64>::new(),
+        "nothing committed yet"
+    );
     h.complete(1).unwrap();
-    assert_eq!(visible(dir.path()), [1, 2], "checkpoint 1 covers rows 1 and 2");
+    assert_eq!(
+        visible(dir.path()),
+        [1, 2],
+        "checkpoint 1 covers rows 1 and 2"
+    );
     // Checkpoint 2 is given up: its file stays pending and goes with 3.
     h.checkpoint(2).unwrap();
     h.batch(rows(&[4])).unwrap();
@@ -71,8 +79,15 @@ fn file_sink_transactional_rows_are_visible_only_after_their_checkpoint_commits(
     assert_eq!(visible(dir.path()), [1, 2]);
     h.complete(3).unwrap();
     assert_eq!(visible(dir.path()), [1, 2, 3, 4]);
-    assert_eq!(hidden(dir.path()), 0, "every in-progress file was committed");
-    assert!(!h.image(0).is_empty(), "committed entries leave the state at the next barrier");
+    assert_eq!(
+        hidden(dir.path()),
+        0,
+        "every in-progress file was committed"
+    );
+    assert!(
+        !h.image(0).is_empty(),
+        "committed entries leave the state at the next barrier"
+    );
     h.checkpoint(4).unwrap();
     assert!(h.image(0).is_empty(), "{:?}", h.image(0));
 }
@@ -93,9 +108,18 @@ fn file_sink_restore_commits_pending_and_drops_rows_after_the_checkpoint() {
     assert_eq!(visible(dir.path()), Vec::<i64>::new());
 
     let mut h = sink(dir.path(), 0, 1, 1);
-    h.restore(0, StateImage::restore(&[&image], 0..128)).unwrap();
-    assert_eq!(visible(dir.path()), [1, 2, 3], "pending files of checkpoint 2 are committed");
-    assert_eq!(hidden(dir.path()), 0, "rows after checkpoint 2 are deleted (the source replays them)");
+    h.restore(0, StateImage::restore(&[&image], 0..128))
+        .unwrap();
+    assert_eq!(
+        visible(dir.path()),
+        [1, 2, 3],
+        "pending files of checkpoint 2 are committed"
+    );
+    assert_eq!(
+        hidden(dir.path()),
+        0,
+        "rows after checkpoint 2 are deleted (the source replays them)"
+    );
     // The replay, then a checkpoint that commits it.
     h.batch(rows(&[4, 5])).unwrap();
     h.checkpoint(3).unwrap();
@@ -113,7 +137,8 @@ fn file_sink_restore_after_the_commit_already_happened_is_idempotent() {
     h.complete(1).unwrap();
     drop(h);
     let mut h = sink(dir.path(), 0, 1, 1);
-    h.restore(0, StateImage::restore(&[&image], 0..128)).unwrap();
+    h.restore(0, StateImage::restore(&[&image], 0..128))
+        .unwrap();
     assert_eq!(visible(dir.path()), [1]);
 }
 
@@ -133,7 +158,11 @@ fn file_sink_restore_at_lower_parallelism_commits_every_old_subtasks_pending_fil
     h.restore(0, StateImage::restore(&[&images[0], &images[1]], 0..128))
         .unwrap();
     assert_eq!(visible(dir.path()), [1, 2, 3, 4]);
-    assert_eq!(hidden(dir.path()), 0, "both old subtasks' uncommitted files are gone");
+    assert_eq!(
+        hidden(dir.path()),
+        0,
+        "both old subtasks' uncommitted files are gone"
+    );
 }
 
 #[test]
@@ -147,7 +176,11 @@ fn file_sink_fresh_attempt_deletes_only_its_own_key_groups_leftovers() {
     // A new attempt of subtask 1 (no checkpoint to restore) starts writing.
     let mut h = sink(dir.path(), 1, 2, 1);
     h.batch(rows(&[9])).unwrap();
-    assert_eq!(hidden(dir.path()), 2, "subtask 0's file stays; subtask 1's old one is replaced by its new one");
+    assert_eq!(
+        hidden(dir.path()),
+        2,
+        "subtask 0's file stays; subtask 1's old one is replaced by its new one"
+    );
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -23,8 +23,11 @@ pub struct OperatorHarness {
 /// tests of their own).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateImage {
-    states: BTreeMap<String, BTreeMap<(u32, Vec<u8>), Vec<u8>>>,
+    states: BTreeMap<String, Entries>,
 }
+
+/// One named state: `(key group, key)` -> value.
+type Entries = BTreeMap<(u32, Vec<u8>), Vec<u8>>;
 
 impl StateImage {
     pub fn apply(&mut self, changes: StateChanges) {

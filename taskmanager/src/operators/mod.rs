@@ -10,9 +10,9 @@
 //! sinks' own writes: the task runtime drives a [`Chain`] and moves its output.
 
 pub mod datagen;
+mod file_commit;
 pub mod filter;
 pub mod nexmark;
-mod file_commit;
 pub(crate) mod pacing;
 pub mod project;
 pub mod prune;
@@ -171,9 +171,7 @@ pub fn build_chain(
             NodeKind::TopN(t) => operators.push(Box::new(top_n::TopN::new(id, t, &input()?, ctx)?)),
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),
             NodeKind::Blackhole(b) => operators.push(Box::new(sink::Blackhole::new(b))),
-            NodeKind::File(f) => {
-                operators.push(Box::new(sink::FileSink::create(id, f, ctx)?))
-            }
+            NodeKind::File(f) => operators.push(Box::new(sink::FileSink::create(id, f, ctx)?)),
         }
         output_schema = Some(output);
     }

@@ -15,11 +15,11 @@
 //! With checkpoints it writes transactionally ([`super::file_commit`]): output
 //! becomes visible only once the checkpoint covering it is committed.
 
+use super::TaskContext;
+use super::file_commit::Transactional;
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use arrow_json::writer::{LineDelimited, Writer, WriterBuilder};
-use super::TaskContext;
-use super::file_commit::Transactional;
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{CheckpointId, NodeId};
 use eddy_sdk::operator::{
@@ -279,7 +279,10 @@ impl Operator for FileSink {
         }
     }
 
-    fn notify_checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), OperatorError> {
+    fn notify_checkpoint_complete(
+        &mut self,
+        checkpoint: CheckpointId,
+    ) -> Result<(), OperatorError> {
         match &mut self.mode {
             Mode::Plain { .. } => Ok(()),
             Mode::Transactional(t) => t.commit_up_to(checkpoint),

@@ -101,14 +101,14 @@ pub enum Error {
     State {
         node: NodeId,
         #[source]
-        source: state::Error,
+        source: Box<state::Error>,
     },
     #[error("restoring operator `{node}` from checkpoint {checkpoint}")]
     Restore {
         node: NodeId,
         checkpoint: CheckpointId,
         #[source]
-        source: state::Error,
+        source: Box<state::Error>,
     },
 }
 
@@ -285,7 +285,7 @@ impl TaskState {
                 )
                 .map_err(|source| Error::State {
                     node: node.clone(),
-                    source,
+                    source: Box::new(source),
                 })?,
             };
             let mut n = NodeState {
@@ -296,7 +296,7 @@ impl TaskState {
             let r = if restore.is_some() {
                 n.read_all().map_err(|source| Error::State {
                     node: node.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
             } else {
                 RestoredState::new(scope.key_groups.clone())
@@ -327,7 +327,7 @@ impl TaskState {
             let node = n.node.clone();
             n.apply(changes).map_err(|source| Error::State {
                 node: node.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let pending = n
                 .backend
@@ -337,7 +337,7 @@ impl TaskState {
                 )
                 .map_err(|source| Error::State {
                     node: node.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             uploads.push((node, pending.upload()));
         }
@@ -346,7 +346,7 @@ impl TaskState {
             for (node, upload) in uploads {
                 let r = upload.await.map_err(|source| Error::State {
                     node: node.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 out.push(NodeSnapshot {
                     node,
@@ -388,7 +388,7 @@ async fn restore_node(
     let err = |source| Error::Restore {
         node: node.clone(),
         checkpoint,
-        source,
+        source: Box::new(source),
     };
     let paths: Vec<String> = plan
         .snapshots

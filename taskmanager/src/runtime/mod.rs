@@ -43,8 +43,10 @@ pub enum Error {
     NoInput,
     #[error("the taskmanager stopped delivering checkpoint commands")]
     Detached,
+    /// Boxed: checkpoint errors carry paths and ids, and every runtime
+    /// result would otherwise be as large.
     #[error(transparent)]
-    State(#[from] checkpoint::Error),
+    State(Box<checkpoint::Error>),
     #[error("the deployment places no subtask {vertex}[{index}]")]
     NoPlacement {
         vertex: eddy_sdk::ids::VertexId,
@@ -55,6 +57,12 @@ pub enum Error {
         vertex: eddy_sdk::ids::VertexId,
         index: u32,
     },
+}
+
+impl From<checkpoint::Error> for Error {
+    fn from(e: checkpoint::Error) -> Self {
+        Error::State(Box::new(e))
+    }
 }
 
 impl Error {

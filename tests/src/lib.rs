@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod nexmark_reference;
+pub mod windowed_job;
 
 /// Where the built binaries are.
 pub fn bin_dir() -> PathBuf {

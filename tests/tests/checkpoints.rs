@@ -6,133 +6,25 @@
 
 use eddy_sdk::rest::JobState;
 use eddy_tests::Cluster;
-use std::collections::BTreeMap;
+use eddy_tests::windowed_job::{Job, check_exactly_once, committed, exceptions, expected};
 use std::path::Path;
 use std::time::Duration;
 
 /// Rows the source generates in total.
 const ROWS: i64 = 240_000;
-/// Keys: `seq % KEYS`.
-const KEYS: i64 = 16;
-/// Event time advances 1 ms per row; windows are 1 s.
-const WINDOW_MS: i64 = 1_000;
-const START_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 fn spec(out: &Path, storage: &Path, backend: &str, rows_per_second: u32) -> String {
-    format!(
-        r#"
-name: exactly-once-{backend}
-parallelism: 2
-checkpoint:
-  interval: 500ms
-  timeout: 30s
-  backend: {backend}
-  storage: "{storage}"
-  retained: 2
-restart:
-  initial_backoff: 200ms
-  max_backoff: 2s
-  max_failures_per_interval: 30
-  interval: 10m
-nodes:
-  - id: gen
-    kind: datagen
-    count: {ROWS}
-    rows_per_second: {rows_per_second}
-    fields:
-      - {{name: seq, type: int64, gen: sequence, start: 0}}
-      - {{name: ts, type: timestamp_ms, gen: timestamp, start: "2026-01-01T00:00:00Z", step: 1ms}}
-  - {{id: keyed, kind: project, input: gen, exprs: ["seq", "ts", "seq % {KEYS} AS k"]}}
-  - id: win
-    kind: window
-    input: keyed
-    key_by: [k]
-    event_time: {{column: ts, max_out_of_orderness: 0ms}}
-    window: {{type: tumbling, size: 1s}}
-    aggregates:
-      - {{fn: count, as: n}}
-      - {{fn: sum, column: seq, as: s}}
-  - {{id: out, kind: file, input: win, path: "{out}", format: jsonl}}
-"#,
-        storage = storage.display(),
-        out = out.display(),
-    )
-}
-
-/// (window start ms, key) -> (count, sum of seq) of an uninterrupted run.
-fn expected() -> BTreeMap<(i64, i64), (i64, i64)> {
-    let mut m = BTreeMap::new();
-    for seq in 0..ROWS {
-        let ts = START_MS + seq;
-        let start = ts - ts.rem_euclid(WINDOW_MS);
-        let e = m.entry((start, seq % KEYS)).or_insert((0, 0));
-        e.0 += 1;
-        e.1 += seq;
+    Job {
+        name: &format!("exactly-once-{backend}"),
+        rows: ROWS,
+        rows_per_second,
+        parallelism: 2,
+        backend,
+        interval: "500ms",
+        out,
+        storage,
     }
-    m
-}
-
-fn ts_ms(v: &serde_json::Value) -> i64 {
-    let s = v.as_str().expect("timestamps are RFC 3339 strings");
-    chrono::DateTime::parse_from_rfc3339(s)
-        .expect("a valid timestamp")
-        .timestamp_millis()
-}
-
-/// Every committed row of the sink, as (window start, key) -> every
-/// (count, sum) seen for it (more than one means a duplicate).
-/// `(window_start, key)` -> every `(count, sum)` committed for it.
-type Committed = BTreeMap<(i64, i64), Vec<(i64, i64)>>;
-
-fn committed(out: &Path) -> anyhow::Result<Committed> {
-    let mut m = Committed::new();
-    for entry in std::fs::read_dir(out)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        // Hidden files are in-progress or pending: not visible output.
-        if name.starts_with('.') {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path())?.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let key = (ts_ms(&v["window_start"]), v["k"].as_i64().unwrap_or(-1));
-            let val = (v["n"].as_i64().unwrap_or(-1), v["s"].as_i64().unwrap_or(-1));
-            m.entry(key).or_default().push(val);
-        }
-    }
-    Ok(m)
-}
-
-fn check_exactly_once(out: &Path) -> anyhow::Result<()> {
-    let want = expected();
-    let got = committed(out)?;
-    let mut problems = Vec::new();
-    for (key, values) in &got {
-        match want.get(key) {
-            None => problems.push(format!("unexpected window {key:?}: {values:?}")),
-            Some(w) if values.len() > 1 => problems.push(format!(
-                "window {key:?} committed {} times: {values:?} (want {w:?})",
-                values.len()
-            )),
-            Some(w) if values[0] != *w => {
-                problems.push(format!("window {key:?} is {:?}, want {w:?}", values[0]))
-            }
-            Some(_) => {}
-        }
-    }
-    for key in want.keys() {
-        if !got.contains_key(key) {
-            problems.push(format!("window {key:?} is missing"));
-        }
-    }
-    anyhow::ensure!(
-        problems.is_empty(),
-        "{} of {} windows wrong; first: {:?}",
-        problems.len(),
-        want.len(),
-        &problems[..problems.len().min(10)]
-    );
-    Ok(())
+    .spec()
 }
 
 /// A small deterministic generator for kill times (seed printed on failure).
@@ -194,12 +86,12 @@ async fn chaos(backend: &str) -> anyhow::Result<()> {
         "seed {seed}: no restart restored a checkpoint (attempt {}, restores {restored:?})",
         detail.attempt
     );
-    check_exactly_once(&out).map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))
+    check_exactly_once(&out, ROWS).map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))
 }
 
 /// The checkpoints the job's restarts restored from, oldest first.
 async fn restores(cluster: &Cluster, job: &str) -> anyhow::Result<Vec<u64>> {
-    let exceptions = exceptions(cluster, job).await?;
+    let exceptions = exceptions(&cluster.rest_url(), job).await?;
     let mut ids: Vec<u64> = exceptions["exceptions"]
         .as_array()
         .into_iter()
@@ -208,16 +100,6 @@ async fn restores(cluster: &Cluster, job: &str) -> anyhow::Result<Vec<u64>> {
         .collect();
     ids.sort_unstable();
     Ok(ids)
-}
-
-async fn exceptions(cluster: &Cluster, job: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(
-        reqwest::get(format!("{}/v1/jobs/{job}/exceptions", cluster.rest_url()))
-            .await?
-            .error_for_status()?
-            .json()
-            .await?,
-    )
 }
 
 #[tokio::test]
@@ -317,11 +199,7 @@ async fn damaged_checkpoint_is_detected_and_the_job_falls_back_to_the_previous_o
     cluster
         .wait_for_job_state(&job, JobState::Finished, Duration::from_secs(240))
         .await?;
-    let exceptions: serde_json::Value =
-        reqwest::get(format!("{}/v1/jobs/{job}/exceptions", cluster.rest_url()))
-            .await?
-            .json()
-            .await?;
+    let exceptions = exceptions(&cluster.rest_url(), &job).await?;
     let recorded = exceptions["exceptions"]
         .as_array()
         .into_iter()
@@ -334,7 +212,7 @@ async fn damaged_checkpoint_is_detected_and_the_job_falls_back_to_the_previous_o
     // Falling back re-emits what the damaged checkpoint's successors
     // committed (as in Flink), but nothing is lost.
     let got = committed(&out)?;
-    let missing: Vec<_> = expected()
+    let missing: Vec<_> = expected(ROWS)
         .into_keys()
         .filter(|k| !got.contains_key(k))
         .collect();

@@ -361,3 +361,103 @@ pub struct RetainedCheckpointInfo {
     pub state_size_bytes: u64,
     pub snapshots: u32,
 }
+
+/// `GET /v1/jobs/{id}/exceptions`: the job's failures, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionList {
+    pub exceptions: Vec<ExceptionInfo>,
+}
+
+/// One failure of a job attempt and what was done about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionInfo {
+    /// RFC 3339.
+    pub time: String,
+    /// `user_code`, `bad_data`, `connector`, `infrastructure` or `resources`.
+    pub class: String,
+    pub message: String,
+    /// The cause chain, outermost first (the root cause last).
+    pub chain: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taskmanager: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<u32>,
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// `restart` or `fail`.
+    pub action: String,
+    /// With `restart`: the wait before the redeploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// With `restart`: the checkpoint the next attempt restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_checkpoint: Option<u64>,
+    /// The checkpoint found damaged (and dropped) by this failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_checkpoint: Option<u64>,
+}
+
+/// `POST /v1/jobs/{id}/savepoints`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavepointRequest {
+    /// The directory the savepoint goes in (a path or URL); default:
+    /// `<the job's checkpoint storage>/savepoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_directory: Option<String>,
+}
+
+/// `POST /v1/jobs/{id}/stop`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Must be true: the job stops at a savepoint (without one, cancel it).
+    pub savepoint: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_directory: Option<String>,
+}
+
+/// The answer to a savepoint or stop request: poll
+/// `GET /v1/jobs/{id}/savepoints/{request_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationAccepted {
+    pub request_id: String,
+}
+
+/// Where an asynchronous savepoint operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// `GET /v1/jobs/{id}/savepoints/{request_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavepointOperation {
+    pub request_id: String,
+    pub job_id: String,
+    pub status: OperationStatus,
+    /// The savepoint's directory: what `restore_from` takes.
+    pub location: String,
+    /// Whether the job stops at the savepoint.
+    pub stop: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Query of `POST /v1/jobs`: start the job from a savepoint or a retained
+/// checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// A savepoint directory or a retained checkpoint's `.../<job>/chk-<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
+    /// Skip the state of nodes the new job does not have (else an error).
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
+}

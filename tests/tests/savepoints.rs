@@ -57,13 +57,13 @@ async fn savepoint_location(cluster: &Cluster, job: &str, request: &str) -> anyh
     loop {
         let v: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
         match v["status"].as_str() {
-            Some("completed") => {
+            Some("COMPLETED") => {
                 return v["location"]
                     .as_str()
                     .map(str::to_string)
                     .ok_or_else(|| anyhow::anyhow!("completed without a location: {v}"));
             }
-            Some("failed") => anyhow::bail!("savepoint failed: {v}"),
+            Some("FAILED") => anyhow::bail!("savepoint failed: {v}"),
             _ if std::time::Instant::now() > deadline => anyhow::bail!("savepoint still {v}"),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -123,11 +123,10 @@ async fn stop_with_savepoint_then_restore_at_lower_and_higher_parallelism_is_exa
     for (parallelism, out) in [(1, &out_low), (4, &out_high)] {
         let spec = job(out, &storage, parallelism, 50_000).spec();
         let resp = reqwest::Client::new()
-            .post(format!(
-                "{}/v1/jobs?restore_from={}",
-                cluster.rest_url(),
-                location
-            ))
+            .post(reqwest::Url::parse_with_params(
+                &format!("{}/v1/jobs", cluster.rest_url()),
+                &[("restore_from", location.as_str())],
+            )?)
             .header("content-type", "application/yaml")
             .body(spec)
             .send()

@@ -5,12 +5,12 @@ use crate::context::{Context, now_ms};
 use crate::jobs;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use eddy_sdk::ids::JobId;
-use eddy_sdk::rest::{JobList, SubmitResponse, TaskManagerList};
+use eddy_sdk::rest::{JobList, SubmitQuery, SubmitResponse, TaskManagerList};
 use eddy_sdk::{ApiError, ErrorCode};
 use std::sync::Arc;
 
@@ -76,9 +76,16 @@ fn is_yaml(headers: &HeaderMap) -> bool {
 
 pub async fn submit_job(
     State(ctx): Ctx,
+    query: Result<Query<SubmitQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, RestError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad query string: {}", e.body_text()),
+        )
+    })?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             RestError::new(
@@ -112,7 +119,29 @@ pub async fn submit_job(
         .into());
     }
     let spec = eddy_sdk::spec::parse_yaml_or_json(text)?;
-    let job_id = jobs::submit(&ctx, spec, None).await?;
+    let restore = match &query.restore_from {
+        None => None,
+        Some(location) => {
+            let settings = crate::checkpoint::service::checkpoint_settings(&ctx.config, &spec)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidSpec,
+                        "a job started from restore_from needs a `checkpoint` section (its state backend and storage)",
+                    )
+                    .with_field("checkpoint")
+                })?;
+            Some(
+                super::state_handlers::resolve_restore(
+                    location,
+                    &spec,
+                    settings.backend,
+                    query.allow_non_restored_state,
+                )
+                .await?,
+            )
+        }
+    };
+    let job_id = jobs::submit(&ctx, spec, restore).await?;
     Ok((
         StatusCode::CREATED,
         Json(SubmitResponse {

@@ -8,6 +8,7 @@
 
 pub mod checkpoint_views;
 mod handlers;
+mod state_handlers;
 pub mod views;
 
 use crate::context::Context;
@@ -66,6 +67,20 @@ pub fn router(ctx: Arc<Context>, registry: Arc<Registry>) -> Router {
         )
         .route("/v1/jobs/{id}", get(handlers::job_detail))
         .route("/v1/jobs/{id}/cancel", post(handlers::cancel_job))
+        .route("/v1/jobs/{id}/stop", post(state_handlers::stop_job))
+        .route(
+            "/v1/jobs/{id}/checkpoints",
+            get(state_handlers::checkpoints),
+        )
+        .route("/v1/jobs/{id}/exceptions", get(state_handlers::exceptions))
+        .route(
+            "/v1/jobs/{id}/savepoints",
+            post(state_handlers::trigger_savepoint),
+        )
+        .route(
+            "/v1/jobs/{id}/savepoints/{request_id}",
+            get(state_handlers::savepoint_status),
+        )
         .route("/v1/openapi.json", get(handlers::openapi))
         .with_state(ctx.clone());
     api.merge(eddy_sdk::server::metrics::router(registry))

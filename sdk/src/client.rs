@@ -2,7 +2,11 @@
 //! server's error code, so the CLI can exit with the table's exit code.
 
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::rest::{JobDetail, JobList, Overview, SubmitResponse, TaskManagerList};
+use crate::rest::{
+    CheckpointStats, ExceptionList, JobDetail, JobList, OperationAccepted, Overview,
+    SavepointOperation, SavepointRequest, StopRequest, SubmitQuery, SubmitResponse,
+    TaskManagerList,
+};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -79,12 +83,36 @@ impl Client {
 
     /// Submits a spec given as JSON or YAML text.
     pub async fn submit(&self, spec_text: &str) -> Result<SubmitResponse> {
+        self.submit_with(spec_text, &SubmitQuery::default()).await
+    }
+
+    /// Submits a spec, starting it from a savepoint or retained checkpoint
+    /// when `query.restore_from` is set.
+    pub async fn submit_with(
+        &self,
+        spec_text: &str,
+        query: &SubmitQuery,
+    ) -> Result<SubmitResponse> {
         let content_type = if spec_text.trim_start().starts_with('{') {
             "application/json"
         } else {
             "application/yaml"
         };
-        let url = format!("{}/v1/jobs", self.base);
+        let mut url = format!("{}/v1/jobs", self.base);
+        if let Some(from) = &query.restore_from {
+            let mut params = vec![("restore_from", from.as_str())];
+            if query.allow_non_restored_state {
+                params.push(("allow_non_restored_state", "true"));
+            }
+            url = reqwest::Url::parse_with_params(&url, &params)
+                .map(String::from)
+                .map_err(|e| {
+                    Error::Api(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("bad JobManager URL {url}: {e}"),
+                    ))
+                })?;
+        }
         let request = self
             .http
             .post(&url)
@@ -97,6 +125,47 @@ impl Client {
         let url = format!("{}/v1/jobs/{id}/cancel", self.base);
         let request = self.http.post(&url);
         Self::send(url, request).await
+    }
+
+    pub async fn checkpoints(&self, id: &str) -> Result<CheckpointStats> {
+        self.get(&format!("/v1/jobs/{id}/checkpoints")).await
+    }
+
+    pub async fn exceptions(&self, id: &str) -> Result<ExceptionList> {
+        self.get(&format!("/v1/jobs/{id}/exceptions")).await
+    }
+
+    /// Triggers a savepoint; poll [`Client::savepoint_status`] with the id.
+    pub async fn savepoint(
+        &self,
+        id: &str,
+        target_directory: Option<String>,
+    ) -> Result<OperationAccepted> {
+        let url = format!("{}/v1/jobs/{id}/savepoints", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .json(&SavepointRequest { target_directory });
+        Self::send(url, request).await
+    }
+
+    /// Stops the job at a savepoint; poll [`Client::savepoint_status`].
+    pub async fn stop_with_savepoint(
+        &self,
+        id: &str,
+        target_directory: Option<String>,
+    ) -> Result<OperationAccepted> {
+        let url = format!("{}/v1/jobs/{id}/stop", self.base);
+        let request = self.http.post(&url).json(&StopRequest {
+            savepoint: true,
+            target_directory,
+        });
+        Self::send(url, request).await
+    }
+
+    pub async fn savepoint_status(&self, id: &str, request_id: &str) -> Result<SavepointOperation> {
+        self.get(&format!("/v1/jobs/{id}/savepoints/{request_id}"))
+            .await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -1,5 +1,6 @@
 //! The `eddy` command line: a REST client of the JobManager (`submit`, `list`,
-//! `status`, `cancel`, `overview`, `taskmanagers`) and `eddy local`, which runs
+//! `status`, `cancel`, `savepoint`, `stop`, `checkpoints`, `exceptions`,
+//! `overview`, `taskmanagers`) and `eddy local`, which runs
 //! a whole cluster on this machine as separate processes.
 //!
 //! Exit codes: 0 success, 1 a local failure (unreadable file, no server), and
@@ -9,6 +10,7 @@ mod bench;
 mod cluster;
 mod local;
 mod render;
+mod savepoint;
 
 use crate::client::{self, Client};
 use anyhow::Context;
@@ -45,6 +47,12 @@ enum Command {
     Submit {
         /// The spec file, or `-` for standard input.
         file: PathBuf,
+        /// Start from this savepoint or retained checkpoint directory.
+        #[arg(long = "from", value_name = "PATH")]
+        from: Option<String>,
+        /// With --from: drop the state of nodes the job no longer has.
+        #[arg(long, requires = "from")]
+        allow_non_restored_state: bool,
     },
     /// List jobs.
     List,
@@ -52,6 +60,27 @@ enum Command {
     Status { job_id: String },
     /// Cancel a job.
     Cancel { job_id: String },
+    /// Take a savepoint of a running job and wait for it.
+    Savepoint {
+        job_id: String,
+        /// The directory the savepoint goes in (default: the job's
+        /// checkpoint storage + `/savepoints`).
+        #[arg(long, value_name = "DIR")]
+        target: Option<String>,
+    },
+    /// Stop a job at a savepoint (wait for the savepoint).
+    Stop {
+        job_id: String,
+        /// Required: stopping always takes a savepoint (else use `cancel`).
+        #[arg(long, required = true)]
+        savepoint: bool,
+        #[arg(long, value_name = "DIR")]
+        target: Option<String>,
+    },
+    /// A job's checkpoint statistics and retained checkpoints.
+    Checkpoints { job_id: String },
+    /// A job's failures, newest first, and what was done about each.
+    Exceptions { job_id: String },
     /// Cluster overview: TaskManagers, slots, jobs.
     Overview,
     /// List TaskManagers.
@@ -96,7 +125,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.url);
     match cli.command {
-        Command::Submit { file } => {
+        Command::Submit {
+            file,
+            from,
+            allow_non_restored_state,
+        } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())
                     .context("cannot read the spec from standard input")?
@@ -104,7 +137,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
             };
-            let resp = client.submit(&text).await?;
+            let query = crate::rest::SubmitQuery {
+                restore_from: from,
+                allow_non_restored_state,
+            };
+            let resp = client.submit_with(&text, &query).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&resp)?);
             } else {
@@ -133,6 +170,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&resp)?);
             } else {
                 println!("cancelling job {job_id}");
+            }
+        }
+        Command::Savepoint { job_id, target } => {
+            let accepted = client.savepoint(&job_id, target).await?;
+            savepoint::wait(&client, &job_id, &accepted.request_id, cli.json).await?;
+        }
+        Command::Stop {
+            job_id,
+            savepoint: _,
+            target,
+        } => {
+            let accepted = client.stop_with_savepoint(&job_id, target).await?;
+            savepoint::wait(&client, &job_id, &accepted.request_id, cli.json).await?;
+        }
+        Command::Checkpoints { job_id } => {
+            let stats = client.checkpoints(&job_id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", savepoint::render_checkpoints(&stats));
+            }
+        }
+        Command::Exceptions { job_id } => {
+            let list = client.exceptions(&job_id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", savepoint::render_exceptions(&list));
             }
         }
         Command::Overview => {

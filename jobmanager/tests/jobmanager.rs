@@ -216,6 +216,11 @@ async fn rest_unknown_route_wrong_method_big_body_keep_error_shape() {
         "/v1/jobs",
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/stop",
+        "/v1/jobs/{id}/checkpoints",
+        "/v1/jobs/{id}/exceptions",
+        "/v1/jobs/{id}/savepoints",
+        "/v1/jobs/{id}/savepoints/{request_id}",
         "/v1/openapi.json",
         "/metrics",
     ] {

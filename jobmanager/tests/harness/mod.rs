@@ -299,7 +299,13 @@ impl Rest {
     pub fn new(jm: &JobManager) -> Rest {
         Rest {
             base: format!("http://{}", jm.rest_addr()),
-            http: reqwest::Client::new(),
+            // No connection reuse: a request the server refused mid-body
+            // (413) leaves its connection closed, and a pooled client would
+            // send the next request on it and fail at random.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a client without TLS settings builds"),
         }
     }
 

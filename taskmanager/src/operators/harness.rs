@@ -24,6 +24,8 @@ pub struct OperatorHarness {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateImage {
     states: BTreeMap<String, Entries>,
+    /// The last snapshot's report: (rewrote everything, changes).
+    pub last_changes: (bool, usize),
 }
 
 /// One named state: `(key group, key)` -> value.
@@ -163,6 +165,7 @@ impl OperatorHarness {
                     Element::Barrier(b) => {
                         let mut changes = StateChanges::new();
                         op.snapshot_state(&b, &mut changes)?;
+                        image.last_changes = (changes.is_clear(), changes.len());
                         image.apply(changes);
                         c.push(Element::Barrier(b));
                     }

@@ -339,6 +339,75 @@ impl Acc {
     }
 }
 
+/// Checkpointing: one group's accumulator as bytes, and back.
+impl Acc {
+    /// Appends group `g`'s value (a group never updated writes as empty).
+    pub fn export(&self, g: usize, out: &mut Vec<u8>) {
+        match self {
+            Acc::Count(c) => out.extend_from_slice(&c.get(g).copied().unwrap_or(0).to_le_bytes()),
+            Acc::I64 { v, seen, .. } => {
+                out.push(u8::from(seen.get(g).copied().unwrap_or(false)));
+                out.extend_from_slice(&v.get(g).copied().unwrap_or(0).to_le_bytes());
+            }
+            Acc::F64 { v, seen, .. } => {
+                out.push(u8::from(seen.get(g).copied().unwrap_or(false)));
+                out.extend_from_slice(&v.get(g).copied().unwrap_or(0.0).to_bits().to_le_bytes());
+            }
+            Acc::Avg { sum, count } => {
+                out.extend_from_slice(&sum.get(g).copied().unwrap_or(0.0).to_bits().to_le_bytes());
+                out.extend_from_slice(&count.get(g).copied().unwrap_or(0).to_le_bytes());
+            }
+        }
+    }
+
+    /// Bytes [`Acc::export`] writes per group.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Acc::Count(_) => 8,
+            Acc::I64 { .. } | Acc::F64 { .. } => 9,
+            Acc::Avg { .. } => 16,
+        }
+    }
+
+    /// Sets group `g` from the bytes [`Acc::export`] wrote, consuming them
+    /// from `input`; `None` when `input` is too short.
+    pub fn import(&mut self, g: usize, input: &mut &[u8]) -> Option<()> {
+        let need = g + 1;
+        match self {
+            Acc::Count(c) => {
+                grow(c, need, 0);
+                c[g] = i64::from_le_bytes(take(input)?);
+            }
+            Acc::I64 { v, seen, .. } => {
+                grow(v, need, 0);
+                grow(seen, need, false);
+                seen[g] = take::<1>(input)?[0] != 0;
+                v[g] = i64::from_le_bytes(take(input)?);
+            }
+            Acc::F64 { v, seen, .. } => {
+                grow(v, need, 0.0);
+                grow(seen, need, false);
+                seen[g] = take::<1>(input)?[0] != 0;
+                v[g] = f64::from_bits(u64::from_le_bytes(take(input)?));
+            }
+            Acc::Avg { sum, count } => {
+                grow(sum, need, 0.0);
+                grow(count, need, 0);
+                sum[g] = f64::from_bits(u64::from_le_bytes(take(input)?));
+                count[g] = i64::from_le_bytes(take(input)?);
+            }
+        }
+        Some(())
+    }
+}
+
+/// The first `N` bytes of `input`, consumed.
+pub(super) fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, rest) = input.split_first_chunk::<N>()?;
+    *input = rest;
+    Some(*head)
+}
+
 fn grow<T: Clone>(v: &mut Vec<T>, len: usize, fill: T) {
     if v.len() < len {
         v.resize(len, fill);

@@ -31,8 +31,12 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
-use eddy_sdk::ids::NodeId;
-use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
+use eddy_sdk::FailureClass;
+use eddy_sdk::ids::{KeyGroup, NodeId};
+use eddy_sdk::operator::{
+    Barrier, Collector, Operator, OperatorError, OperatorMetrics, RestoredState, StateChanges,
+};
+use eddy_sdk::operator_state::own_key_group;
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
 use eddy_sdk::spec::WindowKind;
 use eddy_sdk::spec::WindowSpec;
@@ -40,7 +44,7 @@ use state::{KeyedBatch, WindowState};
 
 /// A map keyed by xxh3 hashes, used as they are (shared with `top_n`).
 pub(crate) use state::HashHeads;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The operator of a `window` node: session windows or aligned ones.
 pub fn build(
@@ -70,6 +74,7 @@ pub struct Window {
     windows: BTreeMap<i64, WindowState>,
     watermark: i64,
     metrics: OperatorMetrics,
+    checkpoint: Checkpointed,
     // Buffers reused across batches.
     hashes: Vec<u64>,
     groups: Vec<u32>,
@@ -115,6 +120,7 @@ impl Window {
             windows: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: OperatorMetrics::default(),
+            checkpoint: Checkpointed::new(ctx),
             hashes: Vec::new(),
             groups: Vec::new(),
             buckets: Buckets::default(),
@@ -181,6 +187,7 @@ impl Operator for Window {
                 if end.saturating_sub(1) <= self.watermark {
                     break; // this and every earlier window of these rows has fired
                 }
+                self.checkpoint.dirty.insert(end);
                 let state = self
                     .windows
                     .entry(end)
@@ -210,6 +217,7 @@ impl Operator for Window {
                 break;
             }
             let state = entry.remove();
+            self.checkpoint.fired(end, &state);
             let start = end.saturating_sub(self.layout.size_ms);
             let batch = state
                 .finish(
@@ -236,6 +244,169 @@ impl Operator for Window {
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
+    }
+
+    /// Reports the windows that changed or fired since the last barrier
+    /// (everything at the first one after opening or restoring).
+    fn snapshot_state(
+        &mut self,
+        _barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        let all = self.checkpoint.start(changes);
+        let ends: Vec<i64> = if all {
+            self.checkpoint.dirty.clear();
+            self.windows.keys().copied().collect()
+        } else {
+            std::mem::take(&mut self.checkpoint.dirty)
+                .into_iter()
+                .collect()
+        };
+        for end in ends {
+            if let Some(state) = self.windows.get_mut(&end) {
+                let dirty = state.take_dirty_key_groups();
+                let mut by_kg = state.groups_by_key_group();
+                if !all {
+                    by_kg.retain(|kg, _| dirty.binary_search(kg).is_ok());
+                }
+                for (kg, groups) in by_kg {
+                    changes.put(
+                        WINDOWS,
+                        KeyGroup(u32::from(kg)),
+                        end.to_be_bytes().to_vec(),
+                        state.encode(&groups),
+                    );
+                }
+            }
+        }
+        self.checkpoint.finish(self.watermark, changes);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, mut state: RestoredState) -> Result<(), OperatorError> {
+        if let Some(wm) = restored_watermark(&self.node, &mut state)? {
+            self.watermark = wm;
+        }
+        for e in state.take(WINDOWS) {
+            let end = e
+                .key
+                .as_slice()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| corrupt_state(&self.node, WINDOWS, "a window key is not 8 bytes"))?;
+            let kg = u16::try_from(e.key_group.0)
+                .map_err(|_| corrupt_state(&self.node, WINDOWS, "a key group is out of range"))?;
+            self.windows
+                .entry(end)
+                .or_insert_with(|| WindowState::new(self.rows.as_ref(), &self.kinds))
+                .decode_into(kg, &e.value, self.rows.as_ref())
+                .map_err(|m| corrupt_state(&self.node, WINDOWS, &m))?;
+        }
+        unknown_states(&self.node, &state)
+    }
+}
+
+/// Checkpoint state names of the window operators.
+pub(super) const WINDOWS: &str = "windows";
+pub(super) const WATERMARK: &str = "watermark";
+
+/// What a window operator must report at its next barrier.
+struct Checkpointed {
+    /// The subtask's own key group, for its watermark entry.
+    own: KeyGroup,
+    /// Windows updated since the last barrier.
+    dirty: BTreeSet<i64>,
+    /// Windows fired since the last barrier, with their key groups.
+    fired: Vec<(i64, Vec<u16>)>,
+    /// The watermark reported last (`None`: report everything next time).
+    reported: Option<i64>,
+}
+
+impl Checkpointed {
+    fn new(ctx: &TaskContext) -> Self {
+        Checkpointed {
+            own: own_key_group(&ctx.key_groups()),
+            dirty: BTreeSet::new(),
+            fired: Vec::new(),
+            reported: None,
+        }
+    }
+
+    fn fired(&mut self, end: i64, state: &WindowState) {
+        self.dirty.remove(&end);
+        self.fired
+            .push((end, state.groups_by_key_group().into_keys().collect()));
+    }
+
+    /// Starts a snapshot: deletes the fired windows' entries, or everything
+    /// when this is the first snapshot (returns whether it is).
+    fn start(&mut self, changes: &mut StateChanges) -> bool {
+        let all = self.reported.is_none();
+        if all {
+            changes.clear_all();
+            self.fired.clear();
+        }
+        for (end, kgs) in self.fired.drain(..) {
+            for kg in kgs {
+                changes.delete(WINDOWS, KeyGroup(u32::from(kg)), end.to_be_bytes().to_vec());
+            }
+        }
+        all
+    }
+
+    fn finish(&mut self, watermark: i64, changes: &mut StateChanges) {
+        if self.reported != Some(watermark) {
+            changes.put(
+                WATERMARK,
+                self.own,
+                Vec::new(),
+                watermark.to_be_bytes().to_vec(),
+            );
+            self.reported = Some(watermark);
+        }
+    }
+}
+
+/// The highest watermark among the restored ones (several when subtasks
+/// merge): a window another subtask already fired is never fired again; a
+/// row later than that watermark is late, as it would have been there.
+pub(super) fn restored_watermark(
+    node: &NodeId,
+    state: &mut RestoredState,
+) -> Result<Option<i64>, OperatorError> {
+    let mut wm = None;
+    for e in state.take(WATERMARK) {
+        let v = e
+            .value
+            .as_slice()
+            .try_into()
+            .map(i64::from_be_bytes)
+            .map_err(|_| corrupt_state(node, WATERMARK, "a watermark is not 8 bytes"))?;
+        wm = Some(wm.map_or(v, |w: i64| w.max(v)));
+    }
+    Ok(wm)
+}
+
+pub(super) fn corrupt_state(node: &NodeId, state: &str, what: &str) -> OperatorError {
+    OperatorError::new(
+        FailureClass::Infrastructure,
+        format!("node `{node}`: restored state `{state}` is unreadable: {what}"),
+    )
+}
+
+/// Fails when the restored state holds states this operator does not know
+/// (it was restored from another kind of operator with the same id).
+pub(super) fn unknown_states(node: &NodeId, state: &RestoredState) -> Result<(), OperatorError> {
+    let unknown: Vec<&str> = state.remaining().collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(OperatorError::new(
+            FailureClass::Infrastructure,
+            format!(
+                "node `{node}`: restored state has unknown states {unknown:?}: was it taken from another kind of operator with this id?"
+            ),
+        ))
     }
 }
 

@@ -103,6 +103,8 @@ pub struct WindowState {
     /// Per group: its key group (`< max_parallelism <= 32768`).
     key_groups: Vec<u16>,
     accs: Vec<Acc>,
+    /// Key groups updated since the last snapshot, as a bitset.
+    dirty: Vec<u64>,
 }
 
 impl WindowState {
@@ -119,6 +121,7 @@ impl WindowState {
             keys,
             key_groups: Vec::new(),
             accs: kinds.iter().map(|&k| Acc::new(k)).collect(),
+            dirty: Vec::new(),
         }
     }
 
@@ -179,6 +182,13 @@ impl WindowState {
                 unreachable!("a window operator uses one key store for all its windows and batches")
             }
         }
+        for &g in groups.iter() {
+            let kg = usize::from(self.key_groups[g as usize]);
+            if self.dirty.len() <= kg >> 6 {
+                self.dirty.resize((kg >> 6) + 1, 0);
+            }
+            self.dirty[kg >> 6] |= 1 << (kg & 63);
+        }
         let num_groups = self.num_groups();
         for (acc, input) in self.accs.iter_mut().zip(inputs) {
             acc.update(input, rows, groups, num_groups);
@@ -210,12 +220,6 @@ impl WindowState {
             columns.push(acc.finish(n, &layout.output_type)?);
         }
         RecordBatch::try_new(Arc::clone(schema), columns)
-    }
-
-    /// The key group of every group, in group order.
-    #[allow(dead_code)] // kept for splitting state by key group (rescale, savepoints)
-    pub fn key_groups(&self) -> &[u16] {
-        &self.key_groups
     }
 }
 
@@ -273,3 +277,6 @@ impl Hasher for PrehashedHasher {
         self.0 = n;
     }
 }
+
+#[path = "state_snapshot.rs"]
+mod snapshot;

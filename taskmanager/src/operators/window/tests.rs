@@ -384,3 +384,6 @@ fn window_output_matches_the_planned_schema() {
         assert_eq!(b.schema(), planned);
     }
 }
+
+#[path = "snapshot_tests.rs"]
+mod snapshot;

@@ -1,25 +1,32 @@
 //! `datagen`: deterministic rows, built column by column as Arrow arrays.
 //!
-//! Row `r` is global: subtask `i` of `p` generates rows `i, i+p, i+2p, …`, so
-//! the values do not depend on the parallelism and `count` bounds the total
-//! over all subtasks. Column values are functions of `r`:
+//! Row `r` is global: it belongs to split `r mod max_parallelism`, and a
+//! subtask generates the rows of the splits (key groups) it owns, in
+//! increasing `r` ([`super::splits`]), so the values do not depend on the
+//! parallelism, `count` bounds the total over all subtasks, and the position
+//! reached is checkpointed per split and moves with it when the parallelism
+//! changes. Column values are functions of `r`:
 //! - `sequence`: `start + r * step` (utf8 renders the number);
 //! - `random`: SplitMix64 at position `r` of a stream seeded by `(seed,
 //!   field index)`, mapped to `[min, max]` for ints and `[min, max)` for floats;
 //! - `timestamp`: `start + r * step`, truncated to ms (the step may be finer).
 //!
-//! `rows_per_second` is the total rate: each subtask paces at `rate / p` with a
+//! `rows_per_second` is the total rate: each subtask paces at its share of the
+//! splits times the rate with a
 //! token bucket and emits batches small enough that one leaves at least every
 //! 50 ms, so a slow stream still has low latency.
 
 use super::TaskContext;
 use super::pacing::{LatencyMarks, Pacing};
+use super::splits::Splits;
 use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringBuilder, TimestampMillisecondArray,
 };
 use arrow::datatypes::SchemaRef;
 use eddy_sdk::ids::NodeId;
-use eddy_sdk::operator::{Collector, OperatorError, Source, SourcePoll};
+use eddy_sdk::operator::{
+    Barrier, Collector, OperatorError, RestoredState, Source, SourcePoll, StateChanges,
+};
 use eddy_sdk::spec::{DatagenSpec, FieldType, Generator};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -67,12 +74,8 @@ pub struct Datagen {
     node: NodeId,
     schema: SchemaRef,
     columns: Vec<Column>,
-    subtask: u64,
-    parallelism: u64,
-    /// Rows this subtask has generated; its next global row is `subtask + next * p`.
-    next: u64,
-    /// Rows this subtask generates in total (`None`: unbounded).
-    total: Option<u64>,
+    /// The rows this subtask owns and how far it got.
+    splits: Splits,
     batch_size: usize,
     pacing: Option<Pacing>,
     marks: Option<LatencyMarks>,
@@ -82,46 +85,32 @@ impl Datagen {
     /// The schema is the node's, from `eddy_sdk::plan` (which also checked the
     /// generator/type combinations this relies on).
     pub fn new(node: &NodeId, spec: &DatagenSpec, schema: SchemaRef, ctx: &TaskContext) -> Self {
-        let (subtask, parallelism) = (u64::from(ctx.subtask), u64::from(ctx.parallelism.max(1)));
         let columns = spec
             .fields
             .iter()
             .enumerate()
             .map(|(i, f)| column(spec.seed, i, f.data_type, &f.generator))
             .collect();
-        // Subtask i owns rows i, i+p, … below count.
-        let total = spec.count.map(|count| {
-            if count > subtask {
-                (count - subtask - 1) / parallelism + 1
-            } else {
-                0
-            }
-        });
+        let splits = Splits::new(ctx.key_groups(), ctx.max_parallelism, spec.count);
         let batch_size = spec.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1);
         let pacing = spec
             .rows_per_second
-            .map(|rate| Pacing::new(rate / parallelism as f64, batch_size, Instant::now()));
+            .map(|rate| Pacing::new(rate * splits.share(), batch_size, Instant::now()));
         Datagen {
             node: node.clone(),
             schema,
             columns,
-            subtask,
-            parallelism,
-            next: 0,
-            total,
+            splits,
             batch_size,
             pacing,
             marks: LatencyMarks::new(ctx.latency_interval, Instant::now()),
         }
     }
 
-    /// Builds the batch of this subtask's rows `next..next + n`.
-    fn generate(&self, n: usize) -> Result<RecordBatch, OperatorError> {
-        let (first, p) = (
-            self.subtask + self.next * self.parallelism,
-            self.parallelism,
-        );
-        let rows = move || (0..n as u64).map(move |j| first.wrapping_add(j.wrapping_mul(p)));
+    /// Builds the batch of the global rows `run`.
+    fn generate(&self, run: std::ops::Range<u64>) -> Result<RecordBatch, OperatorError> {
+        let n = (run.end - run.start) as usize;
+        let rows = move || run.clone();
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter()
@@ -184,13 +173,10 @@ impl Datagen {
 
 impl Source for Datagen {
     fn poll(&mut self, out: &mut Collector) -> Result<SourcePoll, OperatorError> {
-        let remaining = self.total.map_or(u64::MAX, |t| t - self.next);
-        if remaining == 0 {
+        let Some(run) = self.splits.next_run(self.batch_size as u64) else {
             return Ok(SourcePoll::Finished);
-        }
-        let limit = usize::try_from(remaining)
-            .unwrap_or(usize::MAX)
-            .min(self.batch_size);
+        };
+        let limit = (run.end - run.start) as usize;
         let n = match &mut self.pacing {
             None => limit,
             Some(p) => match p.take(limit, Instant::now()) {
@@ -198,12 +184,46 @@ impl Source for Datagen {
                 Err(wait) => return Ok(SourcePoll::Idle(wait)),
             },
         };
-        let batch = self.generate(n)?;
-        self.next += n as u64;
+        let run = run.start..run.start + n as u64;
+        let batch = self.generate(run.clone())?;
+        self.splits.advance(run);
         out.batch(batch);
         LatencyMarks::after_source_batch(&mut self.marks, self.pacing.as_ref(), out);
         Ok(SourcePoll::Ready)
     }
+
+    fn snapshot_state(
+        &mut self,
+        _barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        self.splits.snapshot(changes, SPLITS);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        restore_splits(&self.node, &mut self.splits, state)
+    }
+}
+
+/// The state name of the generator sources' split positions.
+pub(super) const SPLITS: &str = "splits";
+
+/// Restores split positions; any other state is an error (the node id was
+/// taken by another kind of operator).
+pub(super) fn restore_splits(
+    node: &NodeId,
+    splits: &mut Splits,
+    mut state: RestoredState,
+) -> Result<(), OperatorError> {
+    splits.restore(state.take(SPLITS)).map_err(|e| {
+        OperatorError::new(
+            eddy_sdk::FailureClass::Infrastructure,
+            format!("node `{node}`: restored split positions are unusable"),
+        )
+        .with_source(e)
+    })?;
+    super::window::unknown_states(node, &state)
 }
 
 fn column(seed: u64, index: usize, data_type: FieldType, generator: &Generator) -> Column {

@@ -91,22 +91,24 @@ fn datagen_rows_do_not_depend_on_parallelism() {
 
 #[test]
 fn datagen_count_bounds_the_total_over_subtasks() {
-    let s = spec(10, "");
-    let counts: Vec<usize> = (0..3)
-        .map(|i| rows(&drain_source(&mut source(&s, i, 3))).len())
-        .collect();
-    assert_eq!(counts, [4, 3, 3]);
-    let s = spec(2, "");
-    let counts: Vec<usize> = (0..3)
-        .map(|i| rows(&drain_source(&mut source(&s, i, 3))).len())
-        .collect();
-    assert_eq!(counts, [1, 1, 0]);
-    // Subtask 1 of 3 generates rows 1, 4, 7.
-    let ids: Vec<i64> = rows(&drain_source(&mut source(&spec(9, ""), 1, 3)))
+    for (count, p) in [(10u64, 3u32), (300, 3), (1_000, 4), (2, 3)] {
+        let s = spec(count, "");
+        let mut all: Vec<i64> = (0..p)
+            .flat_map(|i| rows(&drain_source(&mut source(&s, i, p))))
+            .map(|r| r.0)
+            .collect();
+        all.sort_unstable();
+        let want: Vec<i64> = (0..count as i64).collect();
+        assert_eq!(all, want, "count {count} at parallelism {p}");
+    }
+    // Rows go by split (`r mod 128`): at parallelism 2, subtask 1 owns splits
+    // 64..128, so of rows 0..300 it generates 64..128 and 192..256.
+    let ids: Vec<i64> = rows(&drain_source(&mut source(&spec(300, ""), 1, 2)))
         .iter()
         .map(|r| r.0)
         .collect();
-    assert_eq!(ids, [1, 4, 7]);
+    let want: Vec<i64> = (64..128).chain(192..256).collect();
+    assert_eq!(ids, want);
 }
 
 #[test]
@@ -182,5 +184,54 @@ fn datagen_sub_millisecond_step_advances_event_time_every_100_rows() {
     assert_eq!(seen.len(), 1000);
     for (id, offset) in seen {
         assert_eq!(offset, id / 100, "row {id}");
+    }
+}
+
+/// Positions checkpointed at parallelism 2 mid-way and restored at 1 and 3:
+/// every row comes out exactly once over both runs.
+#[test]
+fn datagen_restored_at_another_parallelism_emits_each_row_once() {
+    use crate::operators::harness::{StateImage, barrier};
+    use eddy_sdk::operator::StateChanges;
+    let s = spec(50_000, "batch_size: 1000,");
+    for to in [1u32, 3] {
+        let mut all: Vec<i64> = Vec::new();
+        let mut images = Vec::new();
+        for i in 0..2 {
+            let mut src = source(&s, i, 2);
+            for _ in 0..7 + i {
+                let mut out = Collector::new();
+                src.poll(&mut out).unwrap();
+                let batches: Vec<RecordBatch> = out
+                    .drain()
+                    .filter_map(|e| match e {
+                        eddy_sdk::operator::Element::Batch(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                all.extend(rows(&batches).iter().map(|r| r.0));
+            }
+            let mut changes = StateChanges::new();
+            src.snapshot_state(&barrier(1), &mut changes).unwrap();
+            let mut image = StateImage::default();
+            image.apply(changes);
+            images.push(image);
+        }
+        let images: Vec<&StateImage> = images.iter().collect();
+        for i in 0..to {
+            let mut src = source(&s, i, to);
+            let range = eddy_sdk::keygroup::key_group_range(128, to, i);
+            src.restore_state(StateImage::restore(&images, range))
+                .unwrap();
+            all.extend(rows(&drain_source(&mut src)).iter().map(|r| r.0));
+        }
+        all.sort_unstable();
+        let want: Vec<i64> = (0..50_000).collect();
+        assert_eq!(
+            all.len(),
+            want.len(),
+            "restored at {to}: no row twice, none lost"
+        );
+        assert_eq!(all, want, "restored at {to}");
     }
 }

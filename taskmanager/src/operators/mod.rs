@@ -17,6 +17,7 @@ pub(crate) mod pacing;
 pub mod project;
 pub mod prune;
 pub mod sink;
+pub(crate) mod splits;
 pub mod top_n;
 pub mod watermark;
 pub mod window;

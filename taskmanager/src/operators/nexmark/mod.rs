@@ -3,9 +3,12 @@
 //! documented there); this module walks this subtask's share of the event
 //! numbers and turns the events of its table into Arrow batches.
 //!
-//! Event numbers are global: subtask `i` of `p` walks `i, i+p, i+2p, …` (below
-//! `count`, which counts events of all three types), so the union over the
-//! subtasks is the same stream at any parallelism. The generator is a function
+//! Event numbers are global: event `n` belongs to split `n mod
+//! max_parallelism` and a subtask walks the events of the splits (key groups)
+//! it owns in increasing `n` (below `count`, which counts events of all three
+//! types; see [`super::splits`]), so the union over the subtasks is the same
+//! stream at any parallelism, and the position reached is checkpointed per
+//! split. The generator is a function
 //! of the event number, so a subtask skips the other types' events at the cost
 //! of one remainder each and never computes them.
 //!
@@ -16,12 +19,16 @@ mod columns;
 
 use super::TaskContext;
 use super::datagen::DEFAULT_BATCH_SIZE;
+use super::datagen::{SPLITS, restore_splits};
 use super::pacing::{LatencyMarks, Pacing};
+use super::splits::Splits;
 use arrow::datatypes::SchemaRef;
 use columns::Columns;
 use eddy_sdk::ids::NodeId;
 use eddy_sdk::nexmark::{EventType, Generator};
-use eddy_sdk::operator::{Collector, OperatorError, Source, SourcePoll};
+use eddy_sdk::operator::{
+    Barrier, Collector, OperatorError, RestoredState, Source, SourcePoll, StateChanges,
+};
 use eddy_sdk::spec::NexmarkSpec;
 use std::time::Instant;
 
@@ -31,12 +38,8 @@ pub struct Nexmark {
     wanted: EventType,
     generator: Generator,
     columns: Columns,
-    subtask: u64,
-    parallelism: u64,
-    /// Events this subtask has walked; its next event is `subtask + next * p`.
-    next: u64,
-    /// Events this subtask walks in total (`None`: unbounded).
-    total: Option<u64>,
+    /// The events this subtask owns and how far it got.
+    splits: Splits,
     batch_size: usize,
     pacing: Option<Pacing>,
     marks: Option<LatencyMarks>,
@@ -46,26 +49,18 @@ impl Nexmark {
     /// The schema is the node's, from `eddy_sdk::plan` (which validated the
     /// spec with the same code).
     pub fn new(node: &NodeId, spec: &NexmarkSpec, schema: SchemaRef, ctx: &TaskContext) -> Self {
-        let (subtask, parallelism) = (u64::from(ctx.subtask), u64::from(ctx.parallelism.max(1)));
-        // Subtask i owns events i, i+p, … below count.
-        let total = spec.count.map(|count| {
-            if count > subtask {
-                (count - subtask - 1) / parallelism + 1
-            } else {
-                0
-            }
-        });
+        let splits = Splits::new(ctx.key_groups(), ctx.max_parallelism, spec.count);
         let batch_size = spec.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1);
         let pacing = spec
             .rows_per_second
-            .map(|rate| Pacing::new(rate / parallelism as f64, batch_size, Instant::now()));
+            .map(|rate| Pacing::new(rate * splits.share(), batch_size, Instant::now()));
         tracing::debug!(
             job_id = %ctx.job_id,
             vertex = %ctx.vertex,
             subtask = ctx.subtask,
             node = %node,
             table = spec.table.name(),
-            events = ?total,
+            events = ?splits.remaining(),
             "nexmark source"
         );
         Nexmark {
@@ -74,10 +69,7 @@ impl Nexmark {
             wanted: spec.table.event_type(),
             generator: Generator::new(spec.generator_config()),
             columns: Columns::new(spec.table, batch_size),
-            subtask,
-            parallelism,
-            next: 0,
-            total,
+            splits,
             batch_size,
             pacing,
             marks: LatencyMarks::new(ctx.latency_interval, Instant::now()),
@@ -87,34 +79,38 @@ impl Nexmark {
 
 impl Source for Nexmark {
     fn poll(&mut self, out: &mut Collector) -> Result<SourcePoll, OperatorError> {
-        let remaining = self.total.map_or(u64::MAX, |t| t - self.next);
-        if remaining == 0 {
+        if self.splits.is_finished() {
             return Ok(SourcePoll::Finished);
         }
         let budget = match &mut self.pacing {
-            None => remaining,
-            Some(p) => {
-                let limit = usize::try_from(remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(self.batch_size);
-                match p.take(limit, Instant::now()) {
-                    Ok(n) => n as u64,
-                    Err(wait) => return Ok(SourcePoll::Idle(wait)),
-                }
-            }
+            None => u64::MAX,
+            Some(p) => match p.take(self.batch_size, Instant::now()) {
+                Ok(n) => n as u64,
+                Err(wait) => return Ok(SourcePoll::Idle(wait)),
+            },
         };
-        let p = self.parallelism;
-        let mut n = self.subtask.wrapping_add(self.next.wrapping_mul(p));
         let (mut walked, mut rows) = (0u64, 0usize);
         while walked < budget && rows < self.batch_size {
-            if EventType::of(n) == self.wanted {
-                self.columns.push(&mut self.generator, n);
-                rows += 1;
+            let Some(run) = self.splits.next_run(budget - walked) else {
+                break;
+            };
+            let mut end = run.start;
+            for n in run.clone() {
+                if rows == self.batch_size {
+                    break;
+                }
+                if EventType::of(n) == self.wanted {
+                    self.columns.push(&mut self.generator, n);
+                    rows += 1;
+                }
+                end = n + 1;
             }
-            walked += 1;
-            n = n.wrapping_add(p);
+            walked += end - run.start;
+            self.splits.advance(run.start..end);
+            if end < run.end {
+                break;
+            }
         }
-        self.next += walked;
         if rows > 0 {
             let batch = self
                 .columns
@@ -129,6 +125,19 @@ impl Source for Nexmark {
             LatencyMarks::after_source_batch(&mut self.marks, self.pacing.as_ref(), out);
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot_state(
+        &mut self,
+        _barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        self.splits.snapshot(changes, SPLITS);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        restore_splits(&self.node, &mut self.splits, state)
     }
 }
 

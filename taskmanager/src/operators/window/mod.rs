@@ -396,7 +396,7 @@ pub(super) fn corrupt_state(node: &NodeId, state: &str, what: &str) -> OperatorE
 
 /// Fails when the restored state holds states this operator does not know
 /// (it was restored from another kind of operator with the same id).
-pub(super) fn unknown_states(node: &NodeId, state: &RestoredState) -> Result<(), OperatorError> {
+pub(crate) fn unknown_states(node: &NodeId, state: &RestoredState) -> Result<(), OperatorError> {
     let unknown: Vec<&str> = state.remaining().collect();
     if unknown.is_empty() {
         Ok(())

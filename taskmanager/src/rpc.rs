@@ -91,7 +91,10 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
     ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
         let req = request.into_inner();
         self.observe(req.leader_term)?;
-        let cmd = Command::Complete(CheckpointId(req.checkpoint_id));
+        let cmd = Command::Complete {
+            id: CheckpointId(req.checkpoint_id),
+            job_final: req.job_final,
+        };
         self.node
             .tasks
             .command(&JobId(req.job_id), Attempt(req.attempt), &cmd, false);

@@ -63,7 +63,27 @@ async fn chaos(backend: &str) -> anyhow::Result<()> {
         .await?;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(1_500 + rng.next(3_000))).await;
-        let victim = rng.next(cluster.tms.len() as u64) as usize;
+        // A TaskManager running some of the job's subtasks (after a
+        // restart the job may sit on any of them).
+        let detail = cluster.client().job(&job).await?;
+        let hosts: Vec<usize> = cluster
+            .tms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let name = format!("taskmanager-{i}");
+                detail
+                    .vertices
+                    .iter()
+                    .any(|v| v.subtasks.iter().any(|s| s.taskmanager == name))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let victim = if hosts.is_empty() {
+            rng.next(cluster.tms.len() as u64) as usize
+        } else {
+            hosts[rng.next(hosts.len() as u64) as usize]
+        };
         eprintln!("round {round}: SIGKILL taskmanager {victim}");
         cluster.tms[victim].kill9()?;
         tokio::time::sleep(Duration::from_millis(500 + rng.next(1_500))).await;
@@ -114,17 +134,23 @@ async fn taskmanagers_killed_repeatedly_rocksdb_backend_counts_every_record_once
     chaos("rocksdb").await
 }
 
-/// The newest checkpoint directory of `job` that has its `_metadata`.
-fn newest_completed(storage: &Path, job: &str) -> Option<(u64, std::path::PathBuf)> {
-    std::fs::read_dir(storage.join(job))
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let n: u64 = name.strip_prefix("chk-")?.parse().ok()?;
-            e.path().join("_metadata").exists().then(|| (n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n)
+/// The newest checkpoint the JobManager committed (its catalog, not the
+/// files: a `_metadata` written for a checkpoint whose commit did not happen
+/// is not a restore point), and its directory.
+async fn newest_completed(
+    cluster: &Cluster,
+    storage: &Path,
+    job: &str,
+) -> anyhow::Result<(u64, std::path::PathBuf)> {
+    let stats = cluster.client().checkpoints(job).await?;
+    let id = stats
+        .retained
+        .iter()
+        .filter(|c| !c.is_savepoint)
+        .map(|c| c.id)
+        .max()
+        .ok_or_else(|| anyhow::anyhow!("no completed checkpoint in {stats:?}"))?;
+    Ok((id, storage.join(job).join(format!("chk-{id}"))))
 }
 
 /// Flips one byte in the middle of every snapshot file of node `gen` in
@@ -191,8 +217,9 @@ async fn damaged_checkpoint_is_detected_and_the_job_falls_back_to_the_previous_o
     // Two of the three TaskManagers hold at least one of the four subtasks.
     cluster.tms[0].kill9()?;
     cluster.tms[1].kill9()?;
-    let (damaged_id, chk) =
-        newest_completed(&storage, &job).ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+    // A checkpoint acknowledged just before the kill may still commit.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (damaged_id, chk) = newest_completed(&cluster, &storage, &job).await?;
     anyhow::ensure!(corrupt(&chk)? > 0, "nothing to damage in {}", chk.display());
     cluster.tms[0].restart()?;
     cluster.tms[1].restart()?;

@@ -119,6 +119,9 @@ struct JobCheckpoints {
     triggered_ops: HashMap<CheckpointId, (String, bool)>,
     /// When the latest commit was last announced.
     notified_at_ms: i64,
+    /// Since when every source has reported the end of its input: a
+    /// checkpoint triggered from then on is the job's final one.
+    sources_done_since_ms: Option<i64>,
 }
 
 /// What a spawned `_metadata` write or savepoint copy came back with.
@@ -175,6 +178,15 @@ impl Service {
         }
         while let Ok(p) = self.prepared_rx.try_recv() {
             actions.extend(self.on_prepared(p).await);
+        }
+        for r in running {
+            if let Some(job) = self.jobs.get_mut(&r.record.id) {
+                job.sources_done_since_ms = if r.sources_finished {
+                    Some(job.sources_done_since_ms.unwrap_or(now))
+                } else {
+                    None
+                };
+            }
         }
         for r in running.iter().filter(|r| r.ready) {
             if let Some(job) = self.jobs.get_mut(&r.record.id) {
@@ -269,6 +281,7 @@ impl Service {
                 queued_ops: HashMap::new(),
                 triggered_ops: HashMap::new(),
                 notified_at_ms: now,
+                sources_done_since_ms: None,
             },
         );
         Some(Vec::new())
@@ -521,12 +534,23 @@ impl Service {
         let Some(job) = self.jobs.get(job_id) else {
             return;
         };
+        let triggered_ms = self.ctx.read(|s| {
+            s.checkpoint_catalog(job_id)
+                .and_then(|c| c.get(id))
+                .map(|c| c.trigger_time_ms)
+        });
+        let job_final = abort.is_none()
+            && job
+                .sources_done_since_ms
+                .zip(triggered_ms)
+                .is_some_and(|(since, at)| at >= since);
         let notice = pb::CheckpointNotice {
             job_id: job_id.to_string(),
             attempt: job.attempt.0,
             checkpoint_id: id.0,
             leader_term: self.ctx.term(),
             reason: abort.clone().unwrap_or_default(),
+            job_final,
         };
         for (tm_id, addr) in job.taskmanagers.clone() {
             let ctx = self.ctx.clone();

@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 pub enum Command {
     /// Source subtasks inject this barrier (others ignore it).
     Trigger(Barrier),
-    /// The JobManager committed this checkpoint.
-    Complete(CheckpointId),
+    /// The JobManager committed this checkpoint; `job_final` when it was
+    /// triggered after every source of the job had ended its input (sources
+    /// waiting for their final checkpoint end at it).
+    Complete { id: CheckpointId, job_final: bool },
     /// The JobManager gave this checkpoint up.
     Abort(CheckpointId),
 }

@@ -241,10 +241,13 @@ impl Driver {
                     _ => phase,
                 })
             }
-            Command::Complete(id) => {
+            Command::Complete { id, job_final } => {
                 self.on_complete(id)?;
                 Ok(match phase {
-                    Phase::FinalBarrier(b) if id >= b => Phase::End { flush: true },
+                    // Only a job-wide final checkpoint ends a source: until
+                    // every source has ended, the others still need this
+                    // subtask's part in their checkpoints.
+                    Phase::FinalBarrier(b) if id >= b && job_final => Phase::End { flush: true },
                     Phase::Stopping(b) if id >= b => Phase::End { flush: false },
                     other => other,
                 })
@@ -313,7 +316,7 @@ impl Driver {
     fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::Trigger(_) => {}
-            Command::Complete(id) => self.on_complete(id)?,
+            Command::Complete { id, .. } => self.on_complete(id)?,
             Command::Abort(id) => {
                 if let Some(cp) = self.cp.as_mut()
                     && cp.stopping == Some(id)

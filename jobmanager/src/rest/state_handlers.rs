@@ -97,16 +97,6 @@ fn savepoint_dir(
     job: &JobRecord,
     target: Option<String>,
 ) -> Result<String, ApiError> {
-    if job.state != JobState::Running {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "job {} is {}: a savepoint needs a RUNNING job",
-                job.id,
-                job.state.as_str()
-            ),
-        ));
-    }
     let spec = eddy_sdk::spec::parse_json(&job.spec_json)?;
     let settings = crate::checkpoint::service::checkpoint_settings(&ctx.config, &spec)?
         .ok_or_else(|| {
@@ -128,6 +118,17 @@ fn savepoint_dir(
         Some(t) => t,
         None => format!("{}/savepoints", settings.storage.trim_end_matches('/')),
     };
+    if job.state != JobState::Running {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "job {} is {}: a savepoint needs a RUNNING job",
+                job.id,
+                job.state.as_str()
+            ),
+        ));
+    }
+
     Ok(format!(
         "{}/savepoint-{}-{}-{}",
         parent.trim_end_matches('/'),

@@ -27,12 +27,18 @@ use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use eddy_sdk::ids::NodeId;
 use eddy_sdk::keygroup::key_group_of_hash;
-use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
+use eddy_sdk::operator::{
+    Barrier, Collector, Operator, OperatorError, OperatorMetrics, RestoredState, StateChanges,
+};
 use eddy_sdk::plan::hash::hash_columns;
 use eddy_sdk::plan::schema::{TopNLayout, top_n_layout};
 use eddy_sdk::spec::TopNSpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+#[path = "top_n_snapshot.rs"]
+mod snapshot;
+use snapshot::TopNCheckpoint;
 
 /// End of a group's hash chain.
 const NONE: u32 = u32::MAX;
@@ -41,9 +47,10 @@ struct Group {
     hash: u64,
     /// The partition columns, in row format.
     key: OwnedRow,
-    /// Key group of `hash`, recorded so state can be split by key group.
-    #[allow(dead_code)] // read when state is split by key group (rescale, savepoints)
+    /// Key group of `hash`: the group's checkpoint entry goes under it.
     key_group: u16,
+    /// The event time it is emitted at (its timer).
+    time: i64,
     /// The previous group with the same hash, or `NONE`.
     next: u32,
     /// Best first; equal scores in arrival order.
@@ -65,6 +72,7 @@ pub struct TopN {
     timers: BTreeMap<i64, Vec<u32>>,
     watermark: i64,
     metrics: OperatorMetrics,
+    checkpoint: TopNCheckpoint,
     // Buffers reused across batches.
     hashes: Vec<u64>,
     scores: Vec<i64>,
@@ -109,6 +117,7 @@ impl TopN {
             timers: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: OperatorMetrics::default(),
+            checkpoint: TopNCheckpoint::new(ctx),
             hashes: Vec::new(),
             scores: Vec::new(),
         })
@@ -141,6 +150,7 @@ impl TopN {
             hash,
             key: key.owned(),
             key_group: key_group_of_hash(hash, self.max_parallelism).0 as u16,
+            time,
             next: head,
             kept: Vec::new(),
         };
@@ -156,6 +166,7 @@ impl TopN {
         };
         self.heads.insert(hash, id);
         self.timers.entry(time).or_default().push(id);
+        self.checkpoint.mark(id);
         id
     }
 
@@ -208,6 +219,7 @@ impl TopN {
             }
             for g in entry.remove() {
                 let group = self.unlink(g);
+                self.checkpoint.fired(&group);
                 let (mut rank, mut prev) = (1, None);
                 for (i, (score, row)) in group.kept.into_iter().enumerate() {
                     // SQL RANK(): 1 + rows strictly ahead.
@@ -302,6 +314,7 @@ impl Operator for TopN {
                 let group = self.groups[g as usize]
                     .as_mut()
                     .expect("group_of returns an open group");
+                self.checkpoint.mark(g);
                 insert(
                     &mut group.kept,
                     scores[r as usize],
@@ -339,6 +352,20 @@ impl Operator for TopN {
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
+    }
+
+    /// Reports the groups that changed or were emitted since the last barrier.
+    fn snapshot_state(
+        &mut self,
+        _barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        self.snapshot_groups(changes);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        self.restore_groups(state)
     }
 }
 

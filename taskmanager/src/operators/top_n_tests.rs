@@ -610,3 +610,6 @@ fn nexmark_q11_spec_matches_reference() {
     assert!(want.len() > 100, "{}", want.len());
     assert_eq!(got, want);
 }
+
+#[path = "top_n_snapshot_tests.rs"]
+mod snapshot;

@@ -308,7 +308,7 @@ impl Operator for Window {
 
 /// Checkpoint state names of the window operators.
 pub(super) const WINDOWS: &str = "windows";
-pub(super) const WATERMARK: &str = "watermark";
+pub(crate) const WATERMARK: &str = "watermark";
 
 /// What a window operator must report at its next barrier.
 struct Checkpointed {
@@ -370,7 +370,7 @@ impl Checkpointed {
 /// The highest watermark among the restored ones (several when subtasks
 /// merge): a window another subtask already fired is never fired again; a
 /// row later than that watermark is late, as it would have been there.
-pub(super) fn restored_watermark(
+pub(crate) fn restored_watermark(
     node: &NodeId,
     state: &mut RestoredState,
 ) -> Result<Option<i64>, OperatorError> {
@@ -387,7 +387,7 @@ pub(super) fn restored_watermark(
     Ok(wm)
 }
 
-pub(super) fn corrupt_state(node: &NodeId, state: &str, what: &str) -> OperatorError {
+pub(crate) fn corrupt_state(node: &NodeId, state: &str, what: &str) -> OperatorError {
     OperatorError::new(
         FailureClass::Infrastructure,
         format!("node `{node}`: restored state `{state}` is unreadable: {what}"),

@@ -25,11 +25,17 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondAr
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use eddy_sdk::ids::NodeId;
-use eddy_sdk::operator::{Collector, Operator, OperatorError, OperatorMetrics};
+use eddy_sdk::operator::{
+    Barrier, Collector, Operator, OperatorError, OperatorMetrics, RestoredState, StateChanges,
+};
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
 use eddy_sdk::spec::WindowSpec;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+#[path = "session_snapshot.rs"]
+mod snapshot;
+use snapshot::SessionCheckpoint;
 
 pub struct SessionWindow {
     node: NodeId,
@@ -45,6 +51,7 @@ pub struct SessionWindow {
     timers: BTreeSet<(i64, u32)>,
     watermark: i64,
     metrics: OperatorMetrics,
+    checkpoint: SessionCheckpoint,
     // Buffers reused across batches.
     hashes: Vec<u64>,
     kept: Vec<u32>,
@@ -93,6 +100,7 @@ impl SessionWindow {
             timers: BTreeSet::new(),
             watermark: i64::MIN,
             metrics: OperatorMetrics::default(),
+            checkpoint: SessionCheckpoint::new(ctx),
             hashes: Vec::new(),
             kept: Vec::new(),
             groups: Vec::new(),
@@ -218,9 +226,12 @@ impl SessionWindow {
             }
             self.slots.indexed_end[i] = NOT_INDEXED;
             self.slots.release(s);
+            self.checkpoint.mark(k as u32);
         }
         if self.keys.wants_compaction() {
-            self.keys.compact(&mut self.slots, self.rows.as_ref());
+            self.checkpoint.before_compaction(&self.keys);
+            let renumbered = self.keys.compact(&mut self.slots, self.rows.as_ref());
+            self.checkpoint.after_compaction(&renumbered);
         }
         Ok(Some(batch))
     }
@@ -286,6 +297,7 @@ impl Operator for SessionWindow {
             let k = self
                 .keys
                 .find_or_insert(r, self.hashes[r], &keys, self.max_parallelism);
+            self.checkpoint.mark(k);
             groups.push(self.assign(k, ts[r]));
         }
         // Rows whose session merged into another later in the batch go to
@@ -319,6 +331,20 @@ impl Operator for SessionWindow {
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
+    }
+
+    /// Reports the keys whose sessions changed since the last barrier.
+    fn snapshot_state(
+        &mut self,
+        _barrier: &Barrier,
+        changes: &mut StateChanges,
+    ) -> Result<(), OperatorError> {
+        self.snapshot_sessions(changes);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        self.restore_sessions(state)
     }
 }
 

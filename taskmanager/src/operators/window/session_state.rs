@@ -127,9 +127,28 @@ impl KeyTable {
     }
 
     /// The key group of every key, in key order.
-    #[allow(dead_code)] // kept for splitting state by key group (rescale, savepoints)
     pub fn key_groups(&self) -> &[u16] {
         &self.key_groups
+    }
+
+    /// Appends key `k` as a checkpoint entry key: `Int64` keys as
+    /// `[0|1 u8][i64 BE]` (null or value), row-format keys as their row bytes.
+    pub fn key_bytes(&self, k: u32, out: &mut Vec<u8>) {
+        match &self.store {
+            KeyStore::Int64(stored) => match stored[k as usize] {
+                None => out.extend_from_slice(&[0; 9]),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            },
+            KeyStore::Rows(stored) => out.extend_from_slice(stored.row(k as usize).data()),
+        }
+    }
+
+    /// Whether keys are in row format.
+    pub fn is_rows(&self) -> bool {
+        matches!(self.store, KeyStore::Rows(_))
     }
 
     /// Whether enough keys are dead for [`compact`](Self::compact) to pay off.
@@ -139,8 +158,10 @@ impl KeyTable {
     }
 
     /// Drops every key without open sessions and renumbers the others,
-    /// updating the key of their sessions in `slots`.
-    pub fn compact(&mut self, slots: &mut Slots, rows: Option<&RowConverter>) {
+    /// updating the key of their sessions in `slots`; returns each old key's
+    /// new number (`NONE`: dropped).
+    pub fn compact(&mut self, slots: &mut Slots, rows: Option<&RowConverter>) -> Vec<u32> {
+        let mut renumbered = vec![NONE; self.open.len()];
         let mut store = match (&self.store, rows) {
             (KeyStore::Rows(_), Some(conv)) => KeyStore::Rows(conv.empty_rows(self.live, 0)),
             _ => KeyStore::Int64(Vec::with_capacity(self.live)),
@@ -155,6 +176,7 @@ impl KeyTable {
                 continue;
             }
             let new = next.len() as u32;
+            renumbered[k] = new;
             let hash = self.hashes[k];
             // Keys are distinct, so each goes in front of its hash's chain.
             next.push(heads.insert(hash, new).unwrap_or(NONE));
@@ -177,6 +199,7 @@ impl KeyTable {
         self.store = store;
         self.key_groups = key_groups;
         self.open = open;
+        renumbered
     }
 }
 

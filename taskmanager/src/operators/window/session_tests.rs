@@ -411,3 +411,6 @@ fn session_build_picks_the_operator_by_window_kind() {
         "the aligned-window operator refuses a session spec"
     );
 }
+
+#[path = "session_snapshot_tests.rs"]
+mod snapshot;

@@ -163,30 +163,3 @@ async fn restore_from_a_location_without_metadata_is_refused_naming_it() {
     );
     jm.shutdown().await;
 }
-
-/// Operators whose state is not checkpointed yet are refused in jobs with
-/// checkpoints rather than run without their exactly-once promise.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpointed_jobs_with_session_windows_or_top_n_are_refused_naming_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let jm = start_jm(dir.path()).await;
-    let rest = Rest::new(&jm);
-    let _tm = FakeTm::start("tm-1", 1, &jm.rpc_addr().to_string()).await;
-    rest.wait_slots(1).await;
-    let source = r#"{"id": "gen", "kind": "datagen", "fields": [{"name": "k", "type": "int64", "gen": "sequence"}, {"name": "ts", "type": "timestamp_ms", "gen": "timestamp", "start": "2026-01-01T00:00:00Z", "step": "1ms"}]}"#;
-    let session = r#"{"id": "s", "kind": "window", "input": "gen", "key_by": ["k"], "event_time": {"column": "ts", "max_out_of_orderness": "0ms"}, "window": {"type": "session", "gap": "1s"}, "aggregates": [{"fn": "count", "as": "n"}]}"#;
-    let out = r#"{"id": "out", "kind": "print", "input": "s"}"#;
-    let storage = dir.path().join("chk");
-    let body = format!(
-        r#"{{"name": "sess", "checkpoint": {{"storage": "{}"}}, "nodes": [{source}, {session}, {out}]}}"#,
-        storage.display()
-    );
-    let (status, answer) = rest.post("/v1/jobs", &body, "application/json").await;
-    assert_eq!((status, code(&answer)), (400, "invalid_spec"), "{answer}");
-    assert_eq!(answer["error"]["node"], "s", "{answer}");
-    // Without checkpoints the same job runs.
-    let plain = format!(r#"{{"name": "sess", "nodes": [{source}, {session}, {out}]}}"#);
-    let (status, answer) = rest.post("/v1/jobs", &plain, "application/json").await;
-    assert_eq!(status, 201, "{answer}");
-    jm.shutdown().await;
-}

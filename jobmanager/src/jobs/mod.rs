@@ -30,7 +30,6 @@ pub async fn submit(
     // storage) are checked now, not when the job first deploys.
     crate::checkpoint::service::checkpoint_settings(&ctx.config, &spec)?;
     crate::checkpoint::service::restart_settings(&ctx.config, &spec)?;
-    refuse_unsnapshotted_state(&spec)?;
     let slots = graph.slots_needed();
     if slots > total_slots {
         return Err(ApiError::new(
@@ -97,34 +96,5 @@ pub async fn cancel(ctx: &Context, id: &JobId) -> Result<(), ApiError> {
     .map_err(|e| e.to_api())?;
     tracing::info!("job cancel requested");
     ctx.wake.notify_one();
-    Ok(())
-}
-
-/// Session windows and `top_n` do not checkpoint their state yet: a job with
-/// checkpoints that uses them would lose that state on a restore and break
-/// its exactly-once promise, so it is refused instead of run.
-fn refuse_unsnapshotted_state(spec: &JobSpec) -> Result<(), ApiError> {
-    if spec.checkpoint.is_none() {
-        return Ok(());
-    }
-    for node in &spec.nodes {
-        let what = match &node.kind {
-            eddy_sdk::spec::NodeKind::Window(w)
-                if matches!(w.window, eddy_sdk::spec::WindowKind::Session { .. }) =>
-            {
-                "session windows"
-            }
-            eddy_sdk::spec::NodeKind::TopN(_) => "top_n",
-            _ => continue,
-        };
-        return Err(ApiError::new(
-            ErrorCode::InvalidSpec,
-            format!(
-                "{what} do not checkpoint their state yet: run this job without a `checkpoint` section (it then restarts from the beginning)"
-            ),
-        )
-        .with_node(node.id.to_string())
-        .with_field("checkpoint"));
-    }
     Ok(())
 }

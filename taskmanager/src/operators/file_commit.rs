@@ -134,11 +134,7 @@ impl Transactional {
             changes.delete(PENDING, kg, name.into_bytes());
         }
         if let Some(mut c) = self.current.take() {
-            c.writer.finish().map_err(|e| encode_error("file", e))?;
-            let file = c.writer.get_mut();
-            file.flush()
-                .and_then(|()| file.get_ref().sync_data())
-                .map_err(|e| io_error(&self.node, &c.path, "cannot sync", e))?;
+            close(&self.node, &mut c)?;
             let final_name = format!("part-{}-{}-{}.jsonl", self.job, self.own.0, checkpoint.0);
             changes.put(
                 PENDING,
@@ -197,11 +193,7 @@ impl Transactional {
     pub fn end(&mut self) -> Result<(), OperatorError> {
         self.clean_up_once()?;
         if let Some(mut c) = self.current.take() {
-            c.writer.finish().map_err(|e| encode_error("file", e))?;
-            let file = c.writer.get_mut();
-            file.flush()
-                .and_then(|()| file.get_ref().sync_data())
-                .map_err(|e| io_error(&self.node, &c.path, "cannot sync", e))?;
+            close(&self.node, &mut c)?;
             let file = Pending {
                 final_name: format!(
                     "part-{}-{}-end-a{}.jsonl",
@@ -283,6 +275,15 @@ impl Transactional {
         }
         Ok(())
     }
+}
+
+/// Finishes the JSON stream of the current file and syncs it to disk.
+fn close(node: &NodeId, c: &mut Current) -> Result<(), OperatorError> {
+    c.writer.finish().map_err(|e| encode_error("file", e))?;
+    let file = c.writer.get_mut();
+    file.flush()
+        .and_then(|()| file.get_ref().sync_data())
+        .map_err(|e| io_error(node, &c.path, "cannot sync", e))
 }
 
 fn utf8(node: &NodeId, bytes: &[u8]) -> Result<String, OperatorError> {

@@ -13,7 +13,7 @@
 //! What the engine guarantees and the reference relies on:
 //! - the events are `0..count` of `eddy_sdk::nexmark::Generator` with the
 //!   source node's `NexmarkSpec::generator_config()`, whatever the
-//!   parallelism (subtask `i` of `p` walks `i, i+p, …`, the union is the
+//!   parallelism (event `n` is in split `n mod max_parallelism`, walked by its owner; the union is the
 //!   whole range);
 //! - nothing is late: each source subtask's event time is monotone and its
 //!   watermark is `max seen - 1`, a window takes the minimum over its inputs

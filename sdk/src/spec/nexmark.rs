@@ -14,7 +14,8 @@ pub const MAX_NEXMARK_COUNT: u64 = 1 << 53;
 /// the 1 : 3 : 46 proportion), emitting the rows of one `table`.
 ///
 /// Event `n` (numbered over the whole job) is the same at any parallelism:
-/// subtask `i` of `p` walks events `i, i+p, …` and emits those of its table.
+/// event `n` belongs to split `n mod max_parallelism`; a subtask walks the events of the splits it
+/// owns and emits those of its table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NexmarkSpec {

@@ -108,6 +108,8 @@ struct Pending {
     id: CheckpointId,
     trigger_ms: i64,
     savepoint_path: Option<String>,
+    /// A stop-with-savepoint: once committed, nothing more is triggered.
+    stop: bool,
     acks: BTreeMap<SubtaskKey, Vec<OperatorSnapshot>>,
     /// `Commit` was returned; waiting for Raft.
     committing: bool,
@@ -125,7 +127,8 @@ pub struct Coordinator {
     reserved_up_to: Option<CheckpointId>,
     reserving: bool,
     pending: Option<Pending>,
-    savepoints: VecDeque<String>,
+    /// Savepoints to take (target path, whether the job stops with it).
+    savepoints: VecDeque<(String, bool)>,
     /// When the periodic timer last started (trigger, start or restart).
     last_trigger_ms: i64,
     /// When the last checkpoint ended (completed or failed).
@@ -135,6 +138,9 @@ pub struct Coordinator {
     retained: VecDeque<CheckpointId>,
     /// Stopped after `FailJob` until the job restarts.
     failed: bool,
+    /// A stop-with-savepoint committed: the job's sources are ending, and a
+    /// later barrier would never be joined by them. Until the job restarts.
+    stopped: bool,
     /// A checkpoint is wanted now, before the interval is over.
     requested: bool,
     stats: Stats,
@@ -167,6 +173,7 @@ impl Coordinator {
             consecutive_failures: 0,
             retained: catalog.completed.iter().map(|c| c.id).collect(),
             failed: false,
+            stopped: false,
             requested: false,
             stats: Stats::default(),
         }
@@ -198,7 +205,7 @@ impl Coordinator {
     /// savepoint is queued or the interval and the minimum pause have passed.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.failed {
+        if self.failed || self.stopped {
             return actions;
         }
         if let Some(p) = &self.pending {
@@ -231,16 +238,16 @@ impl Coordinator {
         let id = self.next_id;
         self.next_id = CheckpointId(id.0 + 1);
         self.requested = false;
-        let savepoint_path = if savepoint {
-            self.savepoints.pop_front()
-        } else {
-            None
+        let (savepoint_path, stop) = match savepoint.then(|| self.savepoints.pop_front()) {
+            Some(Some((path, stop))) => (Some(path), stop),
+            _ => (None, false),
         };
         self.last_trigger_ms = now_ms;
         self.pending = Some(Pending {
             id,
             trigger_ms: now_ms,
             savepoint_path: savepoint_path.clone(),
+            stop,
             acks: BTreeMap::new(),
             committing: false,
         });
@@ -280,8 +287,6 @@ impl Coordinator {
         self.reserving = false;
     }
 
-    /// Queues a savepoint into `target_path`; it runs as soon as no
-    /// checkpoint is pending.
     /// Asks for a checkpoint as soon as none is pending and the minimum
     /// pause is over, without waiting for the interval (the job's sources
     /// finished and wait for a final checkpoint).
@@ -290,8 +295,16 @@ impl Coordinator {
         self.tick(now_ms)
     }
 
-    pub fn trigger_savepoint(&mut self, target_path: String, now_ms: i64) -> Vec<Action> {
-        self.savepoints.push_back(target_path);
+    /// Queues a savepoint into `target_path`; it runs as soon as no
+    /// checkpoint is pending. With `stop`, its commit ends triggering: the
+    /// job's sources end at it.
+    pub fn trigger_savepoint(
+        &mut self,
+        target_path: String,
+        stop: bool,
+        now_ms: i64,
+    ) -> Vec<Action> {
+        self.savepoints.push_back((target_path, stop));
         self.tick(now_ms)
     }
 
@@ -428,6 +441,7 @@ impl Coordinator {
             e.end_time_ms = Some(now_ms);
         });
         self.stats.finished(id);
+        self.stopped |= p.stop;
         actions.push(Action::NotifyComplete { id });
         if p.savepoint_path.is_none() {
             self.retained.push_back(id);
@@ -482,6 +496,7 @@ impl Coordinator {
         self.expected = topology.subtasks();
         self.topology = topology;
         self.failed = false;
+        self.stopped = false;
         self.consecutive_failures = 0;
         self.last_trigger_ms = now_ms;
         if let Some(c) = restored_from {

@@ -303,7 +303,10 @@ fn retention_discards_the_oldest_beyond_retained() {
 fn savepoint_runs_when_nothing_is_pending_and_is_never_discarded() {
     let mut c = coordinator(1, 0);
     let chk = triggered(&c.tick(INTERVAL)).unwrap();
-    assert!(c.trigger_savepoint("/sp/1".into(), INTERVAL + 1).is_empty());
+    assert!(
+        c.trigger_savepoint("/sp/1".into(), false, INTERVAL + 1)
+            .is_empty()
+    );
     assert_eq!(c.queued_savepoints(), 1);
     ack_all(&mut c, chk, INTERVAL + 2);
     c.on_committed(chk, INTERVAL + 3);
@@ -335,6 +338,24 @@ fn savepoint_runs_when_nothing_is_pending_and_is_never_discarded() {
         "only the checkpoint"
     );
     assert_eq!(c.stats().latest_savepoint.as_ref().unwrap().id, sp);
+}
+
+#[test]
+fn nothing_is_triggered_after_a_stop_savepoint_commits_until_a_restart() {
+    let mut c = coordinator(1, 0);
+    let sp = triggered(&c.trigger_savepoint("/sp/stop".into(), true, 1))
+        .expect("a savepoint triggers right away");
+    ack_all(&mut c, sp, INTERVAL);
+    assert_eq!(
+        c.on_committed(sp, INTERVAL + 1),
+        vec![Action::NotifyComplete { id: sp }]
+    );
+    // The sources end at the stop: a later barrier would never complete,
+    // and a subtask waiting for it at its end would never end.
+    assert!(c.tick(INTERVAL * 10).is_empty());
+    assert!(c.request_checkpoint(INTERVAL * 11).is_empty());
+    c.on_job_restarted(topology(), None, INTERVAL * 12);
+    assert!(triggered(&c.tick(INTERVAL * 13)).is_some());
 }
 
 #[test]
@@ -474,7 +495,7 @@ proptest! {
                     Some(done) => c.on_commit_failed(done.id, "lost", now),
                     None => Vec::new(),
                 },
-                Event::Savepoint => c.trigger_savepoint(format!("/sp/{now}"), now),
+                Event::Savepoint => c.trigger_savepoint(format!("/sp/{now}"), false, now),
                 Event::Restart => c.on_job_restarted(topology(), None, now),
             };
             if let Event::Ack(i) = ev && pending.is_some() {

@@ -329,7 +329,7 @@ impl Service {
                 Some(j) => {
                     j.queued_ops.insert(target.clone(), (operation, stop));
                     j.coordinator
-                        .trigger_savepoint(target, now)
+                        .trigger_savepoint(target, stop, now)
                         .into_iter()
                         .map(|a| (job.clone(), a))
                         .collect()

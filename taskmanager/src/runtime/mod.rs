@@ -11,6 +11,7 @@ pub mod checkpoint;
 mod gate;
 pub mod metrics;
 mod output;
+mod phase;
 mod task;
 
 pub use gate::{GateState, InputGate};

@@ -18,6 +18,7 @@
 //!   the state is in the savepoint, and the restored job emits the rest.
 
 use super::checkpoint::{Command, Report, TaskState, Timings};
+use super::phase::Phase;
 use super::{Error, InputGate, Outputs};
 use crate::operators::Chain;
 use crate::runtime::metrics::SubtaskMetrics;
@@ -54,23 +55,6 @@ pub struct Subtask {
     pub outputs: Outputs,
     pub metrics: Arc<SubtaskMetrics>,
     pub checkpoints: Option<Checkpoints>,
-}
-
-/// Where a source subtask is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// The source finished; waiting for a barrier after the final watermark.
-    Draining,
-    /// The final barrier went out; waiting for its commit.
-    FinalBarrier(CheckpointId),
-    /// A stop-with-savepoint barrier went out; waiting for its commit (or
-    /// its abort, which resumes the source).
-    Stopping(CheckpointId),
-    /// End the stream: flush operators (`true`) or not (after a stop).
-    End {
-        flush: bool,
-    },
 }
 
 impl Subtask {
@@ -151,7 +135,7 @@ impl Driver {
                     self.end(flush).await?;
                     return Ok(());
                 }
-                Phase::Draining | Phase::FinalBarrier(_) | Phase::Stopping(_) => {
+                Phase::Draining | Phase::FinalBarrier(_) | Phase::Stopping { .. } => {
                     let cmd = self.next_command().await?;
                     phase = self.on_source_command(cmd, phase, source.as_mut()).await?;
                     continue;
@@ -220,40 +204,27 @@ impl Driver {
     ) -> Result<Phase, Error> {
         match cmd {
             Command::Trigger(barrier) => {
-                if let Phase::End { .. } = phase {
+                if !phase.takes_checkpoints() {
+                    tracing::debug!(
+                        checkpoint_id = barrier.checkpoint.0,
+                        ?phase,
+                        "trigger ignored: the source is stopping"
+                    );
                     return Ok(phase);
                 }
                 let mut changes = StateChanges::new();
                 source.snapshot_state(&barrier, &mut changes)?;
                 self.checkpoint(barrier, Some(changes), Duration::ZERO)
                     .await?;
-                // A trigger after a final barrier means that checkpoint's
-                // commit notice never came (or it failed): the newer
-                // barrier serves as the final one. A stopped source stays
-                // stopped until a commit at or after its savepoint.
-                Ok(match (barrier.kind, phase) {
-                    (BarrierKind::StopWithSavepoint, Phase::Running | Phase::Draining) => {
-                        Phase::Stopping(barrier.checkpoint)
-                    }
-                    (_, Phase::Draining | Phase::FinalBarrier(_)) => {
-                        Phase::FinalBarrier(barrier.checkpoint)
-                    }
-                    _ => phase,
-                })
+                Ok(phase.after_barrier(barrier.kind, barrier.checkpoint))
             }
             Command::Complete { id, job_final } => {
                 self.on_complete(id)?;
-                Ok(match phase {
-                    // Only a job-wide final checkpoint ends a source: until
-                    // every source has ended, the others still need this
-                    // subtask's part in their checkpoints.
-                    Phase::FinalBarrier(b) if id >= b && job_final => Phase::End { flush: true },
-                    Phase::Stopping(b) if id >= b => Phase::End { flush: false },
-                    other => other,
-                })
+                Ok(phase.after_commit(id, job_final))
             }
-            Command::Abort(id) => Ok(match phase {
-                Phase::Stopping(b) if b == id => {
+            Command::Abort(id) => {
+                let next = phase.after_abort(id);
+                if matches!(phase, Phase::Stopping { .. }) && next != phase {
                     tracing::info!(
                         checkpoint_id = id.0,
                         "stop-with-savepoint failed; the source resumes"
@@ -261,11 +232,9 @@ impl Driver {
                     if let Some(cp) = self.cp.as_mut() {
                         cp.stopping = None;
                     }
-                    Phase::Running
                 }
-                Phase::FinalBarrier(b) if b == id => Phase::Draining,
-                other => other,
-            }),
+                Ok(next)
+            }
         }
     }
 

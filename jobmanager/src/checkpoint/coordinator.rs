@@ -138,8 +138,9 @@ pub struct Coordinator {
     retained: VecDeque<CheckpointId>,
     /// Stopped after `FailJob` until the job restarts.
     failed: bool,
-    /// A stop-with-savepoint committed: the job's sources are ending, and a
-    /// later barrier would never be joined by them. Until the job restarts.
+    /// A stop-with-savepoint or the job's final checkpoint committed: the
+    /// job's sources are ending, and a later barrier would never be joined
+    /// by them. Until the job restarts.
     stopped: bool,
     /// A checkpoint is wanted now, before the interval is over.
     requested: bool,
@@ -306,6 +307,13 @@ impl Coordinator {
     ) -> Vec<Action> {
         self.savepoints.push_back((target_path, stop));
         self.tick(now_ms)
+    }
+
+    /// The checkpoint just committed is the job's final one (triggered after
+    /// every source ended): the sources end at its commit notice, so nothing
+    /// more is triggered until the job restarts.
+    pub fn final_checkpoint_committed(&mut self) {
+        self.stopped = true;
     }
 
     /// A subtask finished its part of checkpoint `id`. Late, duplicate or

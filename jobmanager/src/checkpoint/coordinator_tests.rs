@@ -359,6 +359,17 @@ fn nothing_is_triggered_after_a_stop_savepoint_commits_until_a_restart() {
 }
 
 #[test]
+fn nothing_is_triggered_after_the_final_checkpoint_until_a_restart() {
+    let mut c = coordinator(1, 0);
+    let (_, a) = complete_one(&mut c, INTERVAL);
+    assert!(matches!(a[0], Action::NotifyComplete { .. }));
+    c.final_checkpoint_committed();
+    assert!(c.request_checkpoint(INTERVAL * 10).is_empty());
+    c.on_job_restarted(topology(), None, INTERVAL * 11);
+    assert!(triggered(&c.tick(INTERVAL * 12)).is_some());
+}
+
+#[test]
 fn restart_aborts_the_pending_checkpoint_without_failing_the_job() {
     let mut c = coordinator(3, 0);
     let id = triggered(&c.tick(INTERVAL)).unwrap();

@@ -515,6 +515,14 @@ impl Service {
             Action::NotifyComplete { id } => {
                 job.triggered_ops.remove(&id);
                 job.notified_at_ms = now_ms();
+                if self.is_job_final(job_id, id) {
+                    // A trigger after it would race its notice: a source that
+                    // saw the trigger first would wait for a checkpoint the
+                    // sources that ended never join.
+                    if let Some(job) = self.jobs.get_mut(job_id) {
+                        job.coordinator.final_checkpoint_committed();
+                    }
+                }
                 self.notify(job_id, id, None);
                 Vec::new()
             }
@@ -529,21 +537,28 @@ impl Service {
         }
     }
 
-    /// Sends `NotifyCheckpointComplete` (no reason) or `AbortCheckpoint`.
-    fn notify(&self, job_id: &JobId, id: CheckpointId, abort: Option<String>) {
+    /// Whether committed checkpoint `id` is the job's final one: triggered
+    /// once every source had ended its input.
+    fn is_job_final(&self, job_id: &JobId, id: CheckpointId) -> bool {
         let Some(job) = self.jobs.get(job_id) else {
-            return;
+            return false;
         };
         let triggered_ms = self.ctx.read(|s| {
             s.checkpoint_catalog(job_id)
                 .and_then(|c| c.get(id))
                 .map(|c| c.trigger_time_ms)
         });
-        let job_final = abort.is_none()
-            && job
-                .sources_done_since_ms
-                .zip(triggered_ms)
-                .is_some_and(|(since, at)| at >= since);
+        job.sources_done_since_ms
+            .zip(triggered_ms)
+            .is_some_and(|(since, at)| at >= since)
+    }
+
+    /// Sends `NotifyCheckpointComplete` (no reason) or `AbortCheckpoint`.
+    fn notify(&self, job_id: &JobId, id: CheckpointId, abort: Option<String>) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let job_final = abort.is_none() && self.is_job_final(job_id, id);
         let notice = pb::CheckpointNotice {
             job_id: job_id.to_string(),
             attempt: job.attempt.0,

@@ -55,10 +55,13 @@ impl Phase {
 
     /// The phase after the commit of checkpoint `id`. Only a job-wide final
     /// checkpoint ends a finished source: until every source has ended, the
-    /// others still need this subtask's part in their checkpoints.
+    /// others still need this subtask's part in their checkpoints. It ends
+    /// it even after a newer barrier (a trigger that overtook the final
+    /// notice): the other sources end at the final checkpoint and never
+    /// join a newer one, and nothing was produced after it.
     pub(super) fn after_commit(self, id: CheckpointId, job_final: bool) -> Phase {
         match self {
-            Phase::FinalBarrier(b) if id >= b && job_final => Phase::End { flush: true },
+            Phase::FinalBarrier(_) if job_final => Phase::End { flush: true },
             Phase::Stopping { id: b, .. } if id >= b => Phase::End { flush: false },
             other => other,
         }
@@ -145,6 +148,17 @@ mod tests {
         assert_eq!(p.after_abort(id(5)), Phase::Draining);
         // A newer barrier replaces the final one.
         assert_eq!(p.after_barrier(CP, id(6)), Phase::FinalBarrier(id(6)));
+    }
+
+    #[test]
+    fn job_final_commit_ends_a_source_that_sent_a_newer_barrier() {
+        // The trigger of 6 overtook the notice that 5 was the job's final
+        // checkpoint: the other sources end at 5 and never join 6.
+        let p = Phase::Draining
+            .after_barrier(CP, id(5))
+            .after_barrier(CP, id(6));
+        assert_eq!(p.after_commit(id(5), false), p);
+        assert_eq!(p.after_commit(id(5), true), Phase::End { flush: true });
     }
 
     #[test]

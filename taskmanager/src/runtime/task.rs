@@ -83,6 +83,7 @@ impl Subtask {
                 last_snapshot: None,
                 last_completed: None,
                 stopping: None,
+                final_committed: false,
             }),
         };
         match (source, input) {
@@ -106,12 +107,16 @@ struct CpState {
     /// A stop-with-savepoint barrier passed: the coming end of stream must
     /// not flush.
     stopping: Option<CheckpointId>,
+    /// The job's final checkpoint was committed.
+    final_committed: bool,
 }
 
 impl CpState {
-    /// Whether every checkpoint this subtask took part in is committed.
+    /// Whether every checkpoint this subtask took part in is committed, or
+    /// the job's final checkpoint is: a later one never completes, as the
+    /// sources end at the final one.
     fn settled(&self) -> bool {
-        self.last_snapshot <= self.last_completed
+        self.final_committed || self.last_snapshot <= self.last_completed
     }
 }
 
@@ -219,7 +224,7 @@ impl Driver {
                 Ok(phase.after_barrier(barrier.kind, barrier.checkpoint))
             }
             Command::Complete { id, job_final } => {
-                self.on_complete(id)?;
+                self.on_complete(id, job_final)?;
                 Ok(phase.after_commit(id, job_final))
             }
             Command::Abort(id) => {
@@ -285,7 +290,7 @@ impl Driver {
     fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::Trigger(_) => {}
-            Command::Complete { id, .. } => self.on_complete(id)?,
+            Command::Complete { id, job_final } => self.on_complete(id, job_final)?,
             Command::Abort(id) => {
                 if let Some(cp) = self.cp.as_mut()
                     && cp.stopping == Some(id)
@@ -304,10 +309,11 @@ impl Driver {
 
     /// Checkpoint `id` was committed: backends keep its files as their base,
     /// operators (sinks) commit.
-    fn on_complete(&mut self, id: CheckpointId) -> Result<(), Error> {
+    fn on_complete(&mut self, id: CheckpointId, job_final: bool) -> Result<(), Error> {
         let Some(cp) = self.cp.as_mut() else {
             return Ok(());
         };
+        cp.final_committed |= job_final;
         if cp.last_completed.is_some_and(|c| c >= id) {
             return Ok(());
         }

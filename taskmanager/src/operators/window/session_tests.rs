@@ -72,6 +72,7 @@ fn spec(key_by: &[&str], gap_ms: u64, bound_ms: u64) -> WindowSpec {
             agg(AggregateFn::Max, Some("ts"), "last_ts"),
             agg(AggregateFn::Avg, Some("amount"), "mean"),
         ],
+        allowed_lateness: HumanDuration::default(),
     }
 }
 

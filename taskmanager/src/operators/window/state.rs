@@ -223,6 +223,46 @@ impl WindowState {
     }
 }
 
+impl WindowState {
+    /// The output rows of groups `groups` (a window kept for late records
+    /// emits its groups without giving up its state): keys, bounds,
+    /// aggregates, in `schema`.
+    pub fn output(
+        &self,
+        groups: &[u32],
+        (start, end): (i64, i64),
+        rows: Option<&RowConverter>,
+        aggregates: &[AggregateLayout],
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch, ArrowError> {
+        let n = groups.len();
+        let mut columns: Vec<ArrayRef> = match (&self.keys, rows) {
+            (KeyStore::Int64(keys), _) => vec![Arc::new(Int64Array::from_iter(
+                groups.iter().map(|&g| keys[g as usize]),
+            ))],
+            (KeyStore::Rows(keys), Some(conv)) => {
+                conv.convert_rows(groups.iter().map(|&g| keys.row(g as usize)))?
+            }
+            (KeyStore::Rows(_), None) => {
+                return Err(ArrowError::InvalidArgumentError(
+                    "row-format keys need their converter".into(),
+                ));
+            }
+        };
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+        for (acc, layout) in self.accs.iter().zip(aggregates) {
+            columns.push(acc.gather(groups, &layout.output_type)?);
+        }
+        RecordBatch::try_new(Arc::clone(schema), columns)
+    }
+
+    /// Every group, in group order.
+    pub fn all_groups(&self) -> Vec<u32> {
+        (0..self.num_groups() as u32).collect()
+    }
+}
+
 /// The group of the key with `hash` for which `is_key` holds, or a new group
 /// numbered `next.len()` (the caller stores its key).
 #[inline]

@@ -41,6 +41,18 @@ impl WindowState {
         out
     }
 
+    /// Marks every key group present as updated (the window moves to
+    /// another state name, so all of its entries are written again).
+    pub fn mark_all_dirty(&mut self) {
+        for &kg in &self.key_groups {
+            let kg = usize::from(kg);
+            if self.dirty.len() <= kg >> 6 {
+                self.dirty.resize((kg >> 6) + 1, 0);
+            }
+            self.dirty[kg >> 6] |= 1 << (kg & 63);
+        }
+    }
+
     /// The entry value of `groups` (all of one key group).
     pub fn encode(&self, groups: &[u32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(5 + groups.len() * 24);

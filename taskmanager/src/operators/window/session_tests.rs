@@ -415,3 +415,6 @@ fn session_build_picks_the_operator_by_window_kind() {
 
 #[path = "session_snapshot_tests.rs"]
 mod snapshot;
+
+#[path = "session_lateness_tests.rs"]
+mod lateness;

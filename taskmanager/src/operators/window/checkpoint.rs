@@ -212,8 +212,9 @@ fn entry_key(
 }
 
 /// The highest watermark among the restored ones (several when subtasks
-/// merge): a window another subtask already fired is never fired again; a
-/// row later than that watermark is late, as it would have been there.
+/// merge): a row late for that watermark is late, as it would have been
+/// there. (Whether a window fired is kept with the window, not derived from
+/// this watermark.)
 pub(crate) fn restored_watermark(
     node: &NodeId,
     state: &mut RestoredState,

@@ -183,11 +183,7 @@ impl WindowState {
             }
         }
         for &g in groups.iter() {
-            let kg = usize::from(self.key_groups[g as usize]);
-            if self.dirty.len() <= kg >> 6 {
-                self.dirty.resize((kg >> 6) + 1, 0);
-            }
-            self.dirty[kg >> 6] |= 1 << (kg & 63);
+            set_dirty(&mut self.dirty, self.key_groups[g as usize]);
         }
         let num_groups = self.num_groups();
         for (acc, input) in self.accs.iter_mut().zip(inputs) {
@@ -261,6 +257,16 @@ impl WindowState {
     pub fn all_groups(&self) -> Vec<u32> {
         (0..self.num_groups() as u32).collect()
     }
+}
+
+/// Marks key group `kg` in the bitset `dirty`.
+#[inline]
+pub(super) fn set_dirty(dirty: &mut Vec<u64>, kg: u16) {
+    let kg = usize::from(kg);
+    if dirty.len() <= kg >> 6 {
+        dirty.resize((kg >> 6) + 1, 0);
+    }
+    dirty[kg >> 6] |= 1 << (kg & 63);
 }
 
 /// The group of the key with `hash` for which `is_key` holds, or a new group

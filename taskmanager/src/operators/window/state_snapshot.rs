@@ -8,7 +8,7 @@
 //! carry checksums, so damaged bytes are caught before they get here; a
 //! value that still does not parse is an error, never a panic.
 
-use super::{KeyStore, WindowState, find_or_insert};
+use super::{KeyStore, WindowState, find_or_insert, set_dirty};
 use crate::operators::window::accumulators::take;
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
@@ -45,11 +45,7 @@ impl WindowState {
     /// another state name, so all of its entries are written again).
     pub fn mark_all_dirty(&mut self) {
         for &kg in &self.key_groups {
-            let kg = usize::from(kg);
-            if self.dirty.len() <= kg >> 6 {
-                self.dirty.resize((kg >> 6) + 1, 0);
-            }
-            self.dirty[kg >> 6] |= 1 << (kg & 63);
+            set_dirty(&mut self.dirty, kg);
         }
     }
 

@@ -101,7 +101,9 @@ pub type Result<T, E = OperatorError> = std::result::Result<T, E>;
 /// runtime counts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OperatorMetrics {
-    /// Records dropped because their window had already fired.
+    /// Records dropped as late: every window (or `top_n` group) they belong
+    /// to was past its allowed lateness (fired, when there is none), or they
+    /// had no event time.
     pub late_records_dropped: u64,
 }
 

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub tasks: Family<StateLabels, Gauge>,
     pub records_in: Family<SubtaskLabels, Counter>,
     pub records_out: Family<SubtaskLabels, Counter>,
+    pub late_records_dropped: Family<SubtaskLabels, Counter>,
     pub backpressured_ratio: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub latency_p50: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub latency_p99: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
@@ -96,6 +97,11 @@ impl Metrics {
             "records_out",
             "Records a subtask emitted",
             m.records_out.clone(),
+        );
+        r.register(
+            "late_records_dropped",
+            "Records a subtask's windows dropped as late (past their allowed lateness) or without an event time",
+            m.late_records_dropped.clone(),
         );
         r.register(
             "backpressured_ratio",

@@ -57,6 +57,7 @@ struct Entry {
     /// Counter values already added to the Prometheus counters.
     exported_in: u64,
     exported_out: u64,
+    exported_late: u64,
     /// Checkpoint commands for the running subtask (jobs with checkpoints).
     commands: Option<mpsc::UnboundedSender<Command>>,
     /// Whether the subtask runs a source (triggers go to sources only).
@@ -149,6 +150,7 @@ impl TaskTable {
             ended_at: None,
             exported_in: 0,
             exported_out: 0,
+            exported_late: 0,
             commands: None,
             source: false,
         };
@@ -292,6 +294,7 @@ impl TaskTable {
             if e.ended_at.is_some_and(|t| t.elapsed() > keep) {
                 m.records_in.remove(&labels);
                 m.records_out.remove(&labels);
+                m.late_records_dropped.remove(&labels);
                 m.backpressured_ratio.remove(&labels);
                 m.latency_p50.remove(&labels);
                 m.latency_p99.remove(&labels);
@@ -309,6 +312,11 @@ impl TaskTable {
                 .get_or_create(&labels)
                 .inc_by(rout.saturating_sub(e.exported_out));
             (e.exported_in, e.exported_out) = (rin, rout);
+            let late = e.metrics.late_records_dropped.load(Relaxed);
+            m.late_records_dropped
+                .get_or_create(&labels)
+                .inc_by(late.saturating_sub(e.exported_late));
+            e.exported_late = late;
             m.backpressured_ratio
                 .get_or_create(&labels)
                 .set(f64::from(e.metrics.backpressured_ms_per_sec()) / 1000.0);
@@ -387,6 +395,27 @@ mod tests {
         assert!(old.is_cancelled());
         t.transition(&key(), Attempt(0), pb::TaskState::Failed, None);
         assert_eq!(t.statuses()[0].state, pb::TaskState::Deploying as i32);
+    }
+
+    /// Late records dropped by a subtask's operators reach `/metrics` as a
+    /// counter labelled with the job, vertex and subtask.
+    #[test]
+    fn sample_exports_late_records_dropped_per_subtask() {
+        let (t, _rx) = TaskTable::new();
+        let m = t.insert(key(), Attempt(0), 0, CancellationToken::new());
+        let (metrics, registry) = Metrics::new();
+        let keep = Duration::from_secs(60);
+        m.late_records_dropped.store(5, Relaxed);
+        t.sample(Duration::from_secs(1), keep, &metrics);
+        m.late_records_dropped.store(7, Relaxed);
+        t.sample(Duration::from_secs(1), keep, &metrics);
+        let text = eddy_sdk::server::metrics::encode(&registry);
+        assert!(
+            text.contains(
+                "eddy_taskmanager_late_records_dropped_total{job_id=\"j\",vertex=\"1\",subtask=\"0\"} 7"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

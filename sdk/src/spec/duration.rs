@@ -15,6 +15,9 @@ impl HumanDuration {
     pub fn from_millis(ms: u64) -> Self {
         HumanDuration(Duration::from_millis(ms))
     }
+    pub fn is_zero(&self) -> bool {
+        self.0.is_zero()
+    }
 }
 
 impl fmt::Display for HumanDuration {

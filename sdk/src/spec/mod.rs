@@ -216,6 +216,12 @@ pub struct WindowSpec {
     pub event_time: EventTimeSpec,
     pub window: WindowKind,
     pub aggregates: Vec<AggregateSpec>,
+    /// How long a fired window's state is kept for late records (Flink's
+    /// allowed lateness): a record for a fired window whose end plus this is
+    /// still ahead of the watermark updates it and re-fires it. `0` (the
+    /// default): a window is dropped when it fires.
+    #[serde(default, skip_serializing_if = "HumanDuration::is_zero")]
+    pub allowed_lateness: HumanDuration,
 }
 
 /// Event time of a window: a timestamp column and bounded out-of-orderness watermarks.

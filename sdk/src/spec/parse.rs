@@ -4,6 +4,7 @@
 //! Parsing goes through `serde_json::Value` so that each node is decoded on its
 //! own and an error can say which node it is about.
 
+use super::validate::check_duration_field;
 use super::{DEFAULT_MAX_PARALLELISM, JobSpec, NodeKind, NodeSpec};
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::NodeId;
@@ -43,6 +44,9 @@ pub fn parse_json(text: &str) -> Result<JobSpec, ApiError> {
     })?;
     from_value(value)
 }
+
+/// The window field checked before decoding (see [`check_duration_field`]).
+const ALLOWED_LATENESS: &str = "allowed_lateness";
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidSpec, msg)
@@ -202,6 +206,11 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
         .with_node(&id)
         .with_field("kind"));
     }
+    if kind_name == "window"
+        && let Some(v) = obj.get(ALLOWED_LATENESS)
+    {
+        check_duration_field(&id, ALLOWED_LATENESS, v)?;
+    }
     let kind: NodeKind = serde_json::from_value(Value::Object(obj)).map_err(|e| {
         let msg = e.to_string();
         let field = field_in_message(&msg);
@@ -270,6 +279,48 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.node.as_deref(), Some("w"));
         assert!(err.message.contains("soon"), "{}", err.message);
+    }
+
+    const LATE_WINDOW: &str = "name: x\nnodes:\n  - {id: w, kind: window, input: a, key_by: [k], event_time: {column: ts}, window: {type: tumbling, size: 1s}, aggregates: []";
+
+    #[test]
+    fn parse_allowed_lateness_defaults_to_zero_and_roundtrips() {
+        let spec = parse_yaml_or_json(&format!("{LATE_WINDOW}}}\n")).unwrap();
+        let NodeKind::Window(w) = &spec.nodes[0].kind else {
+            panic!("a window node")
+        };
+        assert!(w.allowed_lateness.is_zero());
+        assert!(
+            !spec.to_json().contains("allowed_lateness"),
+            "zero is left out, so older specs read back unchanged"
+        );
+        let spec = parse_yaml_or_json(&format!("{LATE_WINDOW}, allowed_lateness: 5s}}\n")).unwrap();
+        let NodeKind::Window(w) = &spec.nodes[0].kind else {
+            panic!("a window node")
+        };
+        assert_eq!(w.allowed_lateness.as_millis_i64(), 5_000);
+        assert_eq!(parse_json(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn parse_bad_allowed_lateness_names_node_and_field() {
+        for (value, says) in [
+            ("'-5s'", "negative"),
+            ("-5", "negative"),
+            ("soon", "soon"),
+            ("5", "duration"),
+            ("[1s]", "duration"),
+        ] {
+            let err = parse_yaml_or_json(&format!("{LATE_WINDOW}, allowed_lateness: {value}}}\n"))
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidSpec, "{value}");
+            assert_eq!(
+                (err.node.as_deref(), err.field.as_deref()),
+                (Some("w"), Some("allowed_lateness")),
+                "{value}"
+            );
+            assert!(err.message.contains(says), "{value}: {}", err.message);
+        }
     }
 
     #[test]

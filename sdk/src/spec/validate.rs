@@ -2,14 +2,42 @@
 //! cycles, sources without and other nodes with an input, sane parallelism.
 //! Column and SQL checks need schemas and live in `plan`.
 
-use super::{JobSpec, NodeKind};
+use super::{HumanDuration, JobSpec, NodeKind};
 use crate::error::{ApiError, ErrorCode};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 
 fn invalid(node: &str, field: &str, msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidSpec, msg)
         .with_node(node)
         .with_field(field)
+}
+
+/// Checks a node's duration field before the node is decoded, so that a bad
+/// value is reported with its node and field (serde's message names
+/// neither): a string such as `"5s"`, never negative.
+pub(super) fn check_duration_field(node: &str, field: &str, value: &Value) -> Result<(), ApiError> {
+    match value {
+        Value::String(s) if s.trim_start().starts_with('-') => Err(invalid(
+            node,
+            field,
+            format!("{field} must not be negative, got {s:?}"),
+        )),
+        Value::String(s) => s
+            .parse::<HumanDuration>()
+            .map(drop)
+            .map_err(|e| invalid(node, field, format!("{field}: {e}"))),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f < 0.0) => Err(invalid(
+            node,
+            field,
+            format!("{field} must not be negative, got {n}"),
+        )),
+        other => Err(invalid(
+            node,
+            field,
+            format!("{field} must be a duration such as \"5s\", got {other}"),
+        )),
+    }
 }
 
 /// Checks the shape of the graph. `total_slots` (when known) bounds parallelism.

@@ -345,6 +345,7 @@ fn top_n_after_sliding_window_count_matches_reference() {
             column: None,
             alias: "n".into(),
         }],
+        allowed_lateness: HumanDuration::default(),
     };
     let counts = window::build(&NodeId::from("counts"), &window_spec, &bid_schema, &ctx()).unwrap();
     let count_schema =

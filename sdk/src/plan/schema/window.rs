@@ -35,6 +35,9 @@ pub struct WindowLayout {
     /// Set for session windows: per key, records at most this far apart
     /// share a session `[first, last + gap)`.
     pub session_gap_ms: Option<i64>,
+    /// How long after firing a window (or session) is kept for late records:
+    /// it is dropped once the watermark reaches `end - 1 + allowed_lateness_ms`.
+    pub allowed_lateness_ms: i64,
     pub aggregates: Vec<AggregateLayout>,
     pub output: SchemaRef,
 }
@@ -250,6 +253,7 @@ pub fn window_layout(
         size_ms,
         slide_ms,
         session_gap_ms,
+        allowed_lateness_ms: spec.allowed_lateness.as_millis_i64(),
         aggregates,
         output: Arc::new(Schema::new(out_fields)),
     })

@@ -8,19 +8,26 @@
 //! each window are folded into that window's state in one pass per window.
 //! A sliding window of `size = k * slide` puts each row in `k` windows.
 //!
-//! State is a map from `window_end` to [`state::WindowState`]. A watermark
-//! `wm` fires (emits and drops) every window with `end - 1 <= wm`, in end
-//! order, as one output batch: key columns, `window_start`, `window_end`,
-//! aggregates, exactly the schema `eddy_sdk::plan` declares. A row whose
-//! windows have all fired is dropped and counted as late (Flink's rule: a row
-//! still goes to those of its sliding windows that have not fired). A row
-//! without an event time cannot be in any window and is counted the same way.
+//! State is two maps from `window_end` to [`state::WindowState`]: windows not
+//! fired yet, and windows fired but kept for late records. A watermark `wm`
+//! fires every window with `end - 1 <= wm`, in end order, as one output
+//! batch: key columns, `window_start`, `window_end`, aggregates, exactly the
+//! schema `eddy_sdk::plan` declares. With an allowed lateness `L` (Flink's),
+//! a fired window is kept until `end - 1 + L <= wm`; a row for a kept window
+//! updates it and re-fires it at once: the rows of the keys it updated are
+//! emitted again with their new values (an upsert of `(key, window)`). With
+//! `L = 0` a window is dropped as it fires. A row whose windows are all past
+//! `end - 1 + L` is dropped and counted as late (Flink's rule: a row still
+//! goes to those of its sliding windows that are not). A row without an
+//! event time cannot be in any window and is counted the same way.
 //!
 //! The operator sees only the key groups its subtask owns (the exchange
 //! routes them); each group records its key group so state can be split by
 //! key group later.
 
 mod accumulators;
+mod buckets;
+mod checkpoint;
 pub mod session;
 mod session_state;
 mod state;
@@ -31,20 +38,34 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
-use eddy_sdk::FailureClass;
-use eddy_sdk::ids::{KeyGroup, NodeId};
+use buckets::Buckets;
+use checkpoint::{Checkpointed, FIRED_WINDOWS, WINDOWS};
+use eddy_sdk::ids::NodeId;
 use eddy_sdk::operator::{
     Barrier, Collector, Operator, OperatorError, OperatorMetrics, RestoredState, StateChanges,
 };
-use eddy_sdk::operator_state::own_key_group;
 use eddy_sdk::plan::schema::{WindowLayout, window_layout};
 use eddy_sdk::spec::WindowKind;
 use eddy_sdk::spec::WindowSpec;
 use state::{KeyedBatch, WindowState};
+use std::collections::BTreeMap;
 
+pub(crate) use checkpoint::{WATERMARK, corrupt_state, restored_watermark, unknown_states};
 /// A map keyed by xxh3 hashes, used as they are (shared with `top_n`).
 pub(crate) use state::HashHeads;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Whether watermark `wm` fires a window (or session) ending at `end`.
+#[inline]
+pub(super) fn fires(end: i64, wm: i64) -> bool {
+    end.saturating_sub(1) <= wm
+}
+
+/// Whether watermark `wm` is past a window's allowed lateness: its state is
+/// dropped and rows for it are late.
+#[inline]
+pub(super) fn expired(end: i64, wm: i64, lateness: i64) -> bool {
+    end.saturating_sub(1).saturating_add(lateness) <= wm
+}
 
 /// The operator of a `window` node: session windows or aligned ones.
 pub fn build(
@@ -71,7 +92,13 @@ pub struct Window {
     /// Row-format keys (`None`: the single-Int64-key fast path).
     rows: Option<RowConverter>,
     max_parallelism: u32,
+    /// Windows not fired yet.
     windows: BTreeMap<i64, WindowState>,
+    /// Windows fired but kept for late records (never also in `windows`).
+    fired: BTreeMap<i64, WindowState>,
+    /// Groups of fired windows to emit again (updated by late rows, or
+    /// restored but not emitted yet), at the end of the batch.
+    refire: BTreeMap<i64, Vec<u32>>,
     watermark: i64,
     metrics: OperatorMetrics,
     checkpoint: Checkpointed,
@@ -118,6 +145,8 @@ impl Window {
             rows,
             max_parallelism: ctx.max_parallelism,
             windows: BTreeMap::new(),
+            fired: BTreeMap::new(),
+            refire: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: OperatorMetrics::default(),
             checkpoint: Checkpointed::new(ctx),
@@ -131,18 +160,74 @@ impl Window {
         &self.layout.output
     }
 
-    /// Windows currently held (not yet fired).
+    /// Windows currently held and not fired yet.
     pub fn open_windows(&self) -> usize {
         self.windows.len()
+    }
+
+    /// Windows fired and kept for late records.
+    pub fn fired_windows(&self) -> usize {
+        self.fired.len()
+    }
+
+    /// The output rows of `groups` of window `end`.
+    fn output(
+        &self,
+        state: &WindowState,
+        groups: &[u32],
+        end: i64,
+    ) -> Result<RecordBatch, OperatorError> {
+        let start = end.saturating_sub(self.layout.size_ms);
+        state
+            .output(
+                groups,
+                (start, end),
+                self.rows.as_ref(),
+                &self.layout.aggregates,
+                &self.layout.output,
+            )
+            .map_err(|e| bad_data(&self.node, "cannot build a window's output", e))
+    }
+
+    /// Emits the groups of fired windows updated since they were emitted.
+    fn emit_refired(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
+        let mut batches = Vec::with_capacity(self.refire.len());
+        for (end, mut groups) in std::mem::take(&mut self.refire) {
+            let Some(state) = self.fired.get(&end) else {
+                continue; // dropped since: nothing to update downstream
+            };
+            groups.sort_unstable();
+            groups.dedup();
+            batches.push(self.output(state, &groups, end)?);
+        }
+        self.emit(batches, out)
+    }
+
+    /// Emits `batches` as one batch.
+    fn emit(
+        &self,
+        mut batches: Vec<RecordBatch>,
+        out: &mut Collector,
+    ) -> Result<(), OperatorError> {
+        match batches.len() {
+            0 => {}
+            1 => out.batch(batches.remove(0)),
+            _ => out.batch(
+                concat_batches(&self.layout.output, &batches)
+                    .map_err(|e| bad_data(&self.node, "cannot build the output", e))?,
+            ),
+        }
+        Ok(())
     }
 }
 
 impl Operator for Window {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<(), OperatorError> {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<(), OperatorError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let (size, slide) = (self.layout.size_ms, self.layout.slide_ms);
+        let (wm, lateness) = (self.watermark, self.layout.allowed_lateness_ms);
         let ts_col = batch.column(self.layout.event_time_index);
         let ts = match ts_col.data_type() {
             DataType::Int64 => ts_col.as_primitive::<Int64Type>().values(),
@@ -150,7 +235,7 @@ impl Operator for Window {
         };
         let ts_nulls = ts_col.nulls().filter(|n| n.null_count() > 0);
 
-        // Each row's last window; rows whose last window has fired are late.
+        // Each row's last window; rows whose last window has expired are late.
         self.buckets.clear();
         let mut late = 0u64;
         for (row, &t) in ts.iter().enumerate() {
@@ -159,7 +244,7 @@ impl Operator for Window {
                 continue;
             }
             let end = t.saturating_sub(t.rem_euclid(slide)).saturating_add(size);
-            if end.saturating_sub(1) <= self.watermark {
+            if expired(end, wm, lateness) {
                 late += 1;
                 continue;
             }
@@ -167,7 +252,7 @@ impl Operator for Window {
         }
         self.metrics.late_records_dropped += late;
         if self.buckets.is_empty() {
-            return Ok(());
+            return self.emit_refired(out);
         }
 
         let keyed = KeyedBatch::new(
@@ -184,12 +269,21 @@ impl Operator for Window {
         for (last_end, rows) in self.buckets.iter() {
             for k in 0..per_row {
                 let end = last_end.saturating_sub(k * slide);
-                if end.saturating_sub(1) <= self.watermark {
-                    break; // this and every earlier window of these rows has fired
+                if expired(end, wm, lateness) {
+                    break; // this and every earlier window of these rows is gone
                 }
-                self.checkpoint.dirty.insert(end);
-                let state = self
-                    .windows
+                // A window fired once stays fired (also when restored without
+                // the watermark that fired it); one the watermark has passed
+                // but that has not fired yet (restored) fires at the next one.
+                let refire = self.fired.contains_key(&end)
+                    || (fires(end, wm) && !self.windows.contains_key(&end));
+                let (windows, dirty) = if refire {
+                    (&mut self.fired, &mut self.checkpoint.fired)
+                } else {
+                    (&mut self.windows, &mut self.checkpoint.open)
+                };
+                dirty.insert(end);
+                let state = windows
                     .entry(end)
                     .or_insert_with(|| WindowState::new(self.rows.as_ref(), &self.kinds));
                 state.update(
@@ -200,268 +294,86 @@ impl Operator for Window {
                     self.max_parallelism,
                     &mut self.groups,
                 );
+                if refire {
+                    self.refire
+                        .entry(end)
+                        .or_default()
+                        .extend_from_slice(&self.groups);
+                }
             }
         }
-        Ok(())
+        self.emit_refired(out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), OperatorError> {
         if watermark <= self.watermark {
             return Ok(());
         }
+        // Restored groups not emitted yet go first: their windows fired earlier.
+        self.emit_refired(out)?;
         self.watermark = watermark;
+        let lateness = self.layout.allowed_lateness_ms;
         let mut fired = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
             let end = *entry.key();
-            if end.saturating_sub(1) > watermark {
+            if !fires(end, watermark) {
+                break;
+            }
+            let mut state = entry.remove();
+            if expired(end, watermark, lateness) {
+                self.checkpoint.dropped(WINDOWS, end, &state);
+                let start = end.saturating_sub(self.layout.size_ms);
+                let batch = state
+                    .finish(
+                        start,
+                        end,
+                        self.rows.as_ref(),
+                        &self.layout.aggregates,
+                        &self.layout.output,
+                    )
+                    .map_err(|e| bad_data(&self.node, "cannot build a window's output", e))?;
+                fired.push(batch);
+            } else {
+                fired.push(self.output(&state, &state.all_groups(), end)?);
+                self.checkpoint.kept(end, &mut state);
+                let previous = self.fired.insert(end, state);
+                debug_assert!(previous.is_none(), "a window is open or fired, never both");
+            }
+        }
+        while let Some(entry) = self.fired.first_entry() {
+            let end = *entry.key();
+            if !expired(end, watermark, lateness) {
                 break;
             }
             let state = entry.remove();
-            self.checkpoint.fired(end, &state);
-            let start = end.saturating_sub(self.layout.size_ms);
-            let batch = state
-                .finish(
-                    start,
-                    end,
-                    self.rows.as_ref(),
-                    &self.layout.aggregates,
-                    &self.layout.output,
-                )
-                .map_err(|e| bad_data(&self.node, "cannot build a window's output", e))?;
-            fired.push(batch);
+            self.checkpoint.dropped(FIRED_WINDOWS, end, &state);
         }
-        match fired.len() {
-            0 => {}
-            1 => out.batch(fired.remove(0)),
-            _ => out.batch(
-                concat_batches(&self.layout.output, &fired)
-                    .map_err(|e| bad_data(&self.node, "cannot build the output", e))?,
-            ),
-        }
+        self.emit(fired, out)?;
         out.watermark(watermark);
         Ok(())
+    }
+
+    fn on_end(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
+        self.emit_refired(out)
     }
 
     fn metrics(&self) -> OperatorMetrics {
         self.metrics
     }
 
-    /// Reports the windows that changed or fired since the last barrier
-    /// (everything at the first one after opening or restoring).
+    /// Reports the windows that changed, fired or were dropped since the
+    /// last barrier (everything at the first one after opening or restoring).
     fn snapshot_state(
         &mut self,
         _barrier: &Barrier,
         changes: &mut StateChanges,
     ) -> Result<(), OperatorError> {
-        let all = self.checkpoint.start(changes);
-        let ends: Vec<i64> = if all {
-            self.checkpoint.dirty.clear();
-            self.windows.keys().copied().collect()
-        } else {
-            std::mem::take(&mut self.checkpoint.dirty)
-                .into_iter()
-                .collect()
-        };
-        for end in ends {
-            if let Some(state) = self.windows.get_mut(&end) {
-                let dirty = state.take_dirty_key_groups();
-                let mut by_kg = state.groups_by_key_group();
-                if !all {
-                    by_kg.retain(|kg, _| dirty.binary_search(kg).is_ok());
-                }
-                for (kg, groups) in by_kg {
-                    changes.put(
-                        WINDOWS,
-                        KeyGroup(u32::from(kg)),
-                        end.to_be_bytes().to_vec(),
-                        state.encode(&groups),
-                    );
-                }
-            }
-        }
-        self.checkpoint.finish(self.watermark, changes);
+        self.snapshot_windows(changes);
         Ok(())
     }
 
-    fn restore_state(&mut self, mut state: RestoredState) -> Result<(), OperatorError> {
-        if let Some(wm) = restored_watermark(&self.node, &mut state)? {
-            self.watermark = wm;
-        }
-        for e in state.take(WINDOWS) {
-            let end = e
-                .key
-                .as_slice()
-                .try_into()
-                .map(i64::from_be_bytes)
-                .map_err(|_| corrupt_state(&self.node, WINDOWS, "a window key is not 8 bytes"))?;
-            let kg = u16::try_from(e.key_group.0)
-                .map_err(|_| corrupt_state(&self.node, WINDOWS, "a key group is out of range"))?;
-            self.windows
-                .entry(end)
-                .or_insert_with(|| WindowState::new(self.rows.as_ref(), &self.kinds))
-                .decode_into(kg, &e.value, self.rows.as_ref())
-                .map_err(|m| corrupt_state(&self.node, WINDOWS, &m))?;
-        }
-        unknown_states(&self.node, &state)
-    }
-}
-
-/// Checkpoint state names of the window operators.
-pub(super) const WINDOWS: &str = "windows";
-pub(crate) const WATERMARK: &str = "watermark";
-
-/// What a window operator must report at its next barrier.
-struct Checkpointed {
-    /// The subtask's own key group, for its watermark entry.
-    own: KeyGroup,
-    /// Windows updated since the last barrier.
-    dirty: BTreeSet<i64>,
-    /// Windows fired since the last barrier, with their key groups.
-    fired: Vec<(i64, Vec<u16>)>,
-    /// The watermark reported last (`None`: report everything next time).
-    reported: Option<i64>,
-}
-
-impl Checkpointed {
-    fn new(ctx: &TaskContext) -> Self {
-        Checkpointed {
-            own: own_key_group(&ctx.key_groups()),
-            dirty: BTreeSet::new(),
-            fired: Vec::new(),
-            reported: None,
-        }
-    }
-
-    fn fired(&mut self, end: i64, state: &WindowState) {
-        self.dirty.remove(&end);
-        self.fired
-            .push((end, state.groups_by_key_group().into_keys().collect()));
-    }
-
-    /// Starts a snapshot: deletes the fired windows' entries, or everything
-    /// when this is the first snapshot (returns whether it is).
-    fn start(&mut self, changes: &mut StateChanges) -> bool {
-        let all = self.reported.is_none();
-        if all {
-            changes.clear_all();
-            self.fired.clear();
-        }
-        for (end, kgs) in self.fired.drain(..) {
-            for kg in kgs {
-                changes.delete(WINDOWS, KeyGroup(u32::from(kg)), end.to_be_bytes().to_vec());
-            }
-        }
-        all
-    }
-
-    fn finish(&mut self, watermark: i64, changes: &mut StateChanges) {
-        if self.reported != Some(watermark) {
-            changes.put(
-                WATERMARK,
-                self.own,
-                Vec::new(),
-                watermark.to_be_bytes().to_vec(),
-            );
-            self.reported = Some(watermark);
-        }
-    }
-}
-
-/// The highest watermark among the restored ones (several when subtasks
-/// merge): a window another subtask already fired is never fired again; a
-/// row later than that watermark is late, as it would have been there.
-pub(crate) fn restored_watermark(
-    node: &NodeId,
-    state: &mut RestoredState,
-) -> Result<Option<i64>, OperatorError> {
-    let mut wm = None;
-    for e in state.take(WATERMARK) {
-        let v = e
-            .value
-            .as_slice()
-            .try_into()
-            .map(i64::from_be_bytes)
-            .map_err(|_| corrupt_state(node, WATERMARK, "a watermark is not 8 bytes"))?;
-        wm = Some(wm.map_or(v, |w: i64| w.max(v)));
-    }
-    Ok(wm)
-}
-
-pub(crate) fn corrupt_state(node: &NodeId, state: &str, what: &str) -> OperatorError {
-    OperatorError::new(
-        FailureClass::Infrastructure,
-        format!("node `{node}`: restored state `{state}` is unreadable: {what}"),
-    )
-}
-
-/// Fails when the restored state holds states this operator does not know
-/// (it was restored from another kind of operator with the same id).
-pub(crate) fn unknown_states(node: &NodeId, state: &RestoredState) -> Result<(), OperatorError> {
-    let unknown: Vec<&str> = state.remaining().collect();
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(OperatorError::new(
-            FailureClass::Infrastructure,
-            format!(
-                "node `{node}`: restored state has unknown states {unknown:?}: was it taken from another kind of operator with this id?"
-            ),
-        ))
-    }
-}
-
-/// The rows of one batch grouped by their last window end, without per-row
-/// allocation: row vectors are kept and reused across batches.
-#[derive(Default)]
-struct Buckets {
-    ends: Vec<i64>,
-    rows: Vec<Vec<u32>>,
-    used: usize,
-    index: HashMap<i64, usize>,
-    last: Option<(i64, usize)>,
-}
-
-impl Buckets {
-    fn clear(&mut self) {
-        for r in &mut self.rows[..self.used] {
-            r.clear();
-        }
-        self.ends.clear();
-        self.used = 0;
-        self.index.clear();
-        self.last = None;
-    }
-
-    fn is_empty(&self) -> bool {
-        self.used == 0
-    }
-
-    #[inline]
-    fn push(&mut self, end: i64, row: u32) {
-        // Rows mostly arrive in time order, so the last bucket is the usual hit.
-        let slot = match self.last {
-            Some((e, slot)) if e == end => slot,
-            _ => {
-                let slot = *self.index.entry(end).or_insert_with(|| {
-                    if self.rows.len() == self.used {
-                        self.rows.push(Vec::new());
-                    }
-                    self.ends.push(end);
-                    self.used += 1;
-                    self.used - 1
-                });
-                self.last = Some((end, slot));
-                slot
-            }
-        };
-        self.rows[slot].push(row);
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (i64, &[u32])> {
-        self.ends
-            .iter()
-            .copied()
-            .zip(self.rows[..self.used].iter().map(Vec::as_slice))
+    fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
+        self.restore_windows(state)
     }
 }
 

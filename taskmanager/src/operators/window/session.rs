@@ -13,13 +13,22 @@
 //! within a batch redirect the absorbed session to the surviving one, so the
 //! fold after the loop lands every row in its final session.
 //!
-//! A record whose own session `[t, t + gap)` would already have fired
-//! (`t + gap - 1 <= watermark`) is dropped and counted as late, as is a
-//! record without an event time.
+//! Allowed lateness `L` (Flink's): a fired session is kept until the
+//! watermark reaches `end - 1 + L`, and a late record may extend it or merge
+//! it with its neighbours meanwhile. A session changed by late records whose
+//! end the watermark has passed is fired again at once, emitting its merged
+//! result (new bounds and values); one whose end moved past the watermark
+//! (a record bridged it to an open session) fires again when the watermark
+//! reaches its new end. Rows emitted earlier are not retracted. A record
+//! whose own session `[t, t + gap)` is past its lateness
+//! (`t + gap - 1 + L <= watermark`) is dropped and counted as late, as is a
+//! record without an event time; with `L = 0` a session is dropped as it
+//! fires.
 
 use super::accumulators::Kind;
 use super::session_state::{KeyTable, NOT_INDEXED, Slots};
 use super::state::{KeyedBatch, NONE};
+use super::{expired, fires};
 use crate::operators::{TaskContext, bad_data, plan_error};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType};
@@ -41,6 +50,8 @@ pub struct SessionWindow {
     node: NodeId,
     layout: WindowLayout,
     gap: i64,
+    /// Allowed lateness (ms).
+    lateness: i64,
     kinds: Vec<Kind>,
     /// Row-format keys (`None`: the single-Int64-key fast path).
     rows: Option<RowConverter>,
@@ -49,6 +60,11 @@ pub struct SessionWindow {
     slots: Slots,
     /// Open sessions by `(end, slot)`: the watermark fires from the front.
     timers: BTreeSet<(i64, u32)>,
+    /// Fired sessions kept for late records, by `(end, slot)`: dropped from
+    /// the front once the watermark passes `end - 1 + lateness`.
+    cleanup: BTreeSet<(i64, u32)>,
+    /// Sessions changed by late records in this batch, to fire again.
+    refired: Vec<u32>,
     watermark: i64,
     metrics: OperatorMetrics,
     checkpoint: SessionCheckpoint,
@@ -91,6 +107,7 @@ impl SessionWindow {
         Ok(SessionWindow {
             node: node.clone(),
             gap,
+            lateness: layout.allowed_lateness_ms,
             keys: KeyTable::new(rows.as_ref()),
             slots: Slots::new(&kinds),
             kinds,
@@ -98,6 +115,8 @@ impl SessionWindow {
             rows,
             max_parallelism: ctx.max_parallelism,
             timers: BTreeSet::new(),
+            cleanup: BTreeSet::new(),
+            refired: Vec::new(),
             watermark: i64::MIN,
             metrics: OperatorMetrics::default(),
             checkpoint: SessionCheckpoint::new(ctx),
@@ -111,7 +130,12 @@ impl SessionWindow {
 
     /// Sessions currently open (not yet fired).
     pub fn open_sessions(&self) -> usize {
-        self.slots.open()
+        self.timers.len()
+    }
+
+    /// Fired sessions kept for late records.
+    pub fn fired_sessions(&self) -> usize {
+        self.cleanup.len()
     }
 
     /// Keys held (with or without open sessions).
@@ -170,8 +194,14 @@ impl SessionWindow {
         keep
     }
 
-    /// After a batch: re-index the sessions whose end moved, free the merged ones.
+    /// After a batch: re-index the sessions whose end moved or that fired
+    /// or reopened, free the merged ones. A changed session the watermark
+    /// has passed goes to `refired`; so does a fired one whose end did not
+    /// move (after a restore without a watermark, the watermark may lag
+    /// behind sessions that fired elsewhere).
     fn settle(&mut self) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
         for &s in &self.touched {
             let i = s as usize;
             if self.slots.redirect[i] != NONE {
@@ -179,61 +209,105 @@ impl SessionWindow {
             }
             let end = self.slots.end[i];
             let indexed = self.slots.indexed_end[i];
-            if end != indexed {
-                if indexed != NOT_INDEXED {
-                    self.timers.remove(&(indexed, s));
-                }
-                self.timers.insert((end, s));
+            let fired = fires(end, self.watermark) || (self.slots.fired[i] && end == indexed);
+            if fired {
+                self.refired.push(s);
+            }
+            if end != indexed || fired != self.slots.fired[i] {
+                unindex(&mut self.slots, &mut self.timers, &mut self.cleanup, s);
+                let index = if fired {
+                    &mut self.cleanup
+                } else {
+                    &mut self.timers
+                };
+                index.insert((end, s));
                 self.slots.indexed_end[i] = end;
+                self.slots.fired[i] = fired;
             }
         }
         self.touched.clear();
         for &s in &self.merged {
-            let i = s as usize;
-            let indexed = self.slots.indexed_end[i];
-            if indexed != NOT_INDEXED {
-                self.timers.remove(&(indexed, s));
-                self.slots.indexed_end[i] = NOT_INDEXED;
-            }
+            unindex(&mut self.slots, &mut self.timers, &mut self.cleanup, s);
             self.slots.release(s);
         }
         self.merged.clear();
     }
 
-    /// Emits and frees every session with `end - 1 <= watermark`, in end order.
+    /// Emits every session with `end - 1 <= watermark`, in end order, and
+    /// keeps it for late records unless the watermark is also past its
+    /// lateness; drops the fired sessions whose lateness has passed.
     fn fire(&mut self, watermark: i64) -> Result<Option<RecordBatch>, OperatorError> {
         let mut fired = Vec::new();
         while let Some(&(end, s)) = self.timers.first() {
-            if end.saturating_sub(1) > watermark {
+            if !fires(end, watermark) {
                 break;
             }
             self.timers.pop_first();
             fired.push(s);
         }
-        if fired.is_empty() {
-            return Ok(None);
-        }
-        let batch = self
-            .output(&fired)
-            .map_err(|e| bad_data(&self.node, "cannot build the sessions' output", e))?;
+        let batch = if fired.is_empty() {
+            None
+        } else {
+            Some(
+                self.output(&fired)
+                    .map_err(|e| bad_data(&self.node, "cannot build the sessions' output", e))?,
+            )
+        };
         for &s in &fired {
             let i = s as usize;
-            let k = self.slots.key[i] as usize;
-            let open = &mut self.keys.open[k];
-            open.retain(|&o| o != s);
-            if open.is_empty() {
-                self.keys.retired();
+            let end = self.slots.end[i];
+            if expired(end, watermark, self.lateness) {
+                self.slots.indexed_end[i] = NOT_INDEXED;
+                self.drop_session(s);
+            } else {
+                self.slots.fired[i] = true;
+                self.cleanup.insert((end, s));
+                self.checkpoint.mark(self.slots.key[i]);
             }
-            self.slots.indexed_end[i] = NOT_INDEXED;
-            self.slots.release(s);
-            self.checkpoint.mark(k as u32);
+        }
+        while let Some(&(end, s)) = self.cleanup.first() {
+            if !expired(end, watermark, self.lateness) {
+                break;
+            }
+            self.cleanup.pop_first();
+            self.slots.indexed_end[s as usize] = NOT_INDEXED;
+            self.drop_session(s);
         }
         if self.keys.wants_compaction() {
             self.checkpoint.before_compaction(&self.keys);
             let renumbered = self.keys.compact(&mut self.slots, self.rows.as_ref());
             self.checkpoint.after_compaction(&renumbered);
         }
-        Ok(Some(batch))
+        Ok(batch)
+    }
+
+    /// Frees session `s` (out of both indexes already) and takes it off its
+    /// key's list.
+    fn drop_session(&mut self, s: u32) {
+        let k = self.slots.key[s as usize];
+        let open = &mut self.keys.open[k as usize];
+        open.retain(|&o| o != s);
+        if open.is_empty() {
+            self.keys.retired();
+        }
+        self.slots.release(s);
+        self.checkpoint.mark(k);
+    }
+
+    /// Emits the sessions late records changed, in end order.
+    fn emit_refired(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
+        if self.refired.is_empty() {
+            return Ok(());
+        }
+        let mut refired = std::mem::take(&mut self.refired);
+        refired.sort_unstable_by_key(|&s| (self.slots.end[s as usize], s));
+        let batch = self
+            .output(&refired)
+            .map_err(|e| bad_data(&self.node, "cannot build the sessions' output", e))?;
+        out.batch(batch);
+        refired.clear();
+        self.refired = refired;
+        Ok(())
     }
 
     fn output(&self, fired: &[u32]) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -253,7 +327,7 @@ impl SessionWindow {
 }
 
 impl Operator for SessionWindow {
-    fn on_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<(), OperatorError> {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<(), OperatorError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -267,7 +341,7 @@ impl Operator for SessionWindow {
         let mut late = 0u64;
         for (row, &t) in ts.iter().enumerate() {
             let is_late = ts_nulls.is_some_and(|n| n.is_null(row))
-                || t.saturating_add(self.gap).saturating_sub(1) <= self.watermark;
+                || expired(t.saturating_add(self.gap), self.watermark, self.lateness);
             if is_late {
                 late += 1;
             } else {
@@ -314,7 +388,7 @@ impl Operator for SessionWindow {
         self.kept = kept;
         self.groups = groups;
         self.settle();
-        Ok(())
+        self.emit_refired(out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), OperatorError> {
@@ -345,6 +419,23 @@ impl Operator for SessionWindow {
 
     fn restore_state(&mut self, state: RestoredState) -> Result<(), OperatorError> {
         self.restore_sessions(state)
+    }
+}
+
+/// Takes session `s` out of the index it is in (timers when open, cleanup
+/// when fired), if any.
+fn unindex(
+    slots: &mut Slots,
+    timers: &mut BTreeSet<(i64, u32)>,
+    cleanup: &mut BTreeSet<(i64, u32)>,
+    s: u32,
+) {
+    let i = s as usize;
+    let indexed = slots.indexed_end[i];
+    if indexed != NOT_INDEXED {
+        let index = if slots.fired[i] { cleanup } else { timers };
+        index.remove(&(indexed, s));
+        slots.indexed_end[i] = NOT_INDEXED;
     }
 }
 

@@ -1,15 +1,20 @@
 //! Session-window state through a checkpoint.
 //!
-//! State `"sessions"`: one entry per key with open sessions, under that key's
-//! key group; the entry key is the key ([`KeyTable::key_bytes`]), the value
-//! its open sessions. A barrier re-reports only the keys whose sessions
-//! changed (a record arrived, a session fired) and deletes the entries of
-//! keys left without open sessions; the first barrier after opening or
-//! restoring reports everything. State `"watermark"` holds the operator's
+//! State `"sessions"`: one entry per key with sessions (open, or fired and
+//! kept for allowed lateness), under that key's key group; the entry key is
+//! the key ([`KeyTable::key_bytes`]), the value its sessions. A barrier
+//! re-reports only the keys whose sessions changed (a record arrived, a
+//! session fired or was dropped) and deletes the entries of keys left
+//! without sessions; the first barrier after opening or restoring reports
+//! everything. State `"watermark"` holds the operator's
 //! watermark under the subtask's own key group, as for the other windows.
 //!
 //! Value format 1: `[1u8][n: u32 LE]`, then per session `[start: i64 LE]
-//! [end: i64 LE]` and each aggregate's accumulator (`Acc::export`). A value
+//! [end: i64 LE]` and each aggregate's accumulator (`Acc::export`). Format 2,
+//! written when at least one of the key's sessions has fired (kept for
+//! lateness), adds `[fired: u8]` after each session's end; format 1 means
+//! none has. Which sessions fired is state, not derived from the watermark:
+//! after a change of parallelism a subtask may restore no watermark. A value
 //! that does not parse is an error, never a panic.
 
 use super::SessionWindow;
@@ -26,9 +31,11 @@ use eddy_sdk::operator_state::own_key_group;
 use eddy_sdk::plan::hash::hash_columns;
 use std::sync::Arc;
 
-/// Checkpoint state name of the session windows' open sessions.
+/// Checkpoint state name of the session windows' sessions.
 pub(in crate::operators::window) const SESSIONS: &str = "sessions";
+/// Value formats: without and with a fired flag per session.
 const FORMAT: u8 = 1;
+const FORMAT_FIRED: u8 = 2;
 
 /// What a session-window operator must report at its next barrier.
 pub(super) struct SessionCheckpoint {
@@ -38,7 +45,7 @@ pub(super) struct SessionCheckpoint {
     dirty: Vec<u32>,
     /// Per key: whether it is in `dirty`.
     is_dirty: Vec<bool>,
-    /// Changed keys dropped since (no open sessions left): their entries go.
+    /// Changed keys dropped since (no sessions left): their entries go.
     dropped: Vec<(u16, Vec<u8>)>,
     /// The watermark reported last (`None`: report everything next time).
     reported: Option<i64>,
@@ -68,7 +75,7 @@ impl SessionCheckpoint {
         }
     }
 
-    /// Before `keys` drops its keys without open sessions: remembers the
+    /// Before `keys` drops its keys without sessions: remembers the
     /// changed ones among them, to delete their entries.
     pub(super) fn before_compaction(&mut self, keys: &KeyTable) {
         for &k in &self.dirty {
@@ -100,7 +107,7 @@ impl SessionCheckpoint {
 
 impl SessionWindow {
     /// Reports the keys whose sessions changed since the last barrier
-    /// (every key with open sessions at the first barrier).
+    /// (every key with sessions at the first barrier).
     pub(super) fn snapshot_sessions(&mut self, changes: &mut StateChanges) {
         let all = self.checkpoint.reported.is_none();
         let keys: Vec<u32> = if all {
@@ -125,13 +132,17 @@ impl SessionWindow {
                 changes.delete(SESSIONS, kg, key);
                 continue;
             }
+            let with_fired = open.iter().any(|&s| self.slots.fired[s as usize]);
             let mut value = Vec::with_capacity(5 + open.len() * 40);
-            value.push(FORMAT);
+            value.push(if with_fired { FORMAT_FIRED } else { FORMAT });
             value.extend_from_slice(&(open.len() as u32).to_le_bytes());
             for &s in open {
                 let i = s as usize;
                 value.extend_from_slice(&self.slots.start[i].to_le_bytes());
                 value.extend_from_slice(&self.slots.end[i].to_le_bytes());
+                if with_fired {
+                    value.push(u8::from(self.slots.fired[i]));
+                }
                 for acc in &self.slots.accs {
                     acc.export(i, &mut value);
                 }
@@ -197,13 +208,18 @@ impl SessionWindow {
         let short = || "a value ends early".to_string();
         let mut input = value;
         let format = take::<1>(&mut input).ok_or_else(short)?[0];
-        if format != FORMAT {
-            return Err(format!(
-                "unknown value format {format} (this build reads {FORMAT})"
-            ));
-        }
+        let with_fired = match format {
+            FORMAT => false,
+            FORMAT_FIRED => true,
+            _ => {
+                return Err(format!(
+                    "unknown value format {format} (this build reads {FORMAT} and {FORMAT_FIRED})"
+                ));
+            }
+        };
         let n = u32::from_le_bytes(take(&mut input).ok_or_else(short)?);
         let per_session = 16
+            + usize::from(with_fired)
             + self
                 .slots
                 .accs
@@ -222,13 +238,25 @@ impl SessionWindow {
         for _ in 0..n {
             let start = i64::from_le_bytes(take(&mut input).ok_or_else(short)?);
             let end = i64::from_le_bytes(take(&mut input).ok_or_else(short)?);
+            let fired = with_fired
+                && match take::<1>(&mut input).ok_or_else(short)?[0] {
+                    0 => false,
+                    1 => true,
+                    b => return Err(format!("a fired flag of {b}")),
+                };
             let s = self.slots.alloc(k, start, end);
             for acc in &mut self.slots.accs {
                 acc.import(s as usize, &mut input).ok_or_else(short)?;
             }
-            debug_assert_eq!(self.slots.indexed_end[s as usize], NOT_INDEXED);
-            self.slots.indexed_end[s as usize] = end;
-            self.timers.insert((end, s));
+            let i = s as usize;
+            debug_assert_eq!(self.slots.indexed_end[i], NOT_INDEXED);
+            self.slots.indexed_end[i] = end;
+            self.slots.fired[i] = fired;
+            if fired {
+                self.cleanup.insert((end, s));
+            } else {
+                self.timers.insert((end, s));
+            }
             self.keys.open[k as usize].push(s);
         }
         let slots = &self.slots;

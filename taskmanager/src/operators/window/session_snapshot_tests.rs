@@ -19,13 +19,13 @@ fn subtask(spec: &WindowSpec, i: u32, p: u32) -> OperatorHarness {
     OperatorHarness::new(vec![Box::new(wm), Box::new(alone(spec, i, p))])
 }
 
-fn alone(spec: &WindowSpec, i: u32, p: u32) -> SessionWindow {
+pub(super) fn alone(spec: &WindowSpec, i: u32, p: u32) -> SessionWindow {
     let ctx = task_context(i, p, true);
     SessionWindow::new(&NodeId::from("s"), spec, &input_schema(), &ctx).unwrap()
 }
 
 /// Rows of `chunk` per subtask of `p`, routed by the key's key group.
-fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
+pub(super) fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
     let batch = to_batch(chunk);
     let cols: Vec<ArrayRef> = key_by
         .iter()

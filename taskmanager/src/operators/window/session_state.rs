@@ -1,9 +1,10 @@
-//! The state of a session-window operator: its keys and its open sessions.
+//! The state of a session-window operator: its keys and their sessions.
 //!
 //! [`KeyTable`] numbers keys as they arrive (looked up by the routing hash,
 //! as `state::WindowState` does), records each key's key group, so the state
-//! can later be split by key group, and lists each key's open sessions,
-//! sorted by start. Keys whose sessions have all fired are dropped by
+//! can later be split by key group, and lists each key's sessions (open, or
+//! fired and kept for allowed lateness: both can absorb a late record),
+//! sorted by start. Keys whose sessions have all been dropped are removed by
 //! [`KeyTable::compact`] once they outnumber the live ones, so a stream of
 //! ever-new keys does not grow the table forever.
 //!
@@ -28,10 +29,10 @@ pub struct KeyTable {
     store: KeyStore,
     /// Per key: its key group (`< max_parallelism <= 32768`).
     key_groups: Vec<u16>,
-    /// Per key: its open sessions' slots, sorted by start, pairwise more than
-    /// the gap apart (closer ones have merged).
+    /// Per key: the slots of its sessions (open, or fired and kept), sorted
+    /// by start, pairwise more than the gap apart (closer ones have merged).
     pub open: Vec<Vec<u32>>,
-    /// Keys with at least one open session.
+    /// Keys with at least one session.
     live: usize,
 }
 
@@ -157,7 +158,7 @@ impl KeyTable {
         dead >= 1024 && dead > self.live
     }
 
-    /// Drops every key without open sessions and renumbers the others,
+    /// Drops every key without sessions and renumbers the others,
     /// updating the key of their sessions in `slots`; returns each old key's
     /// new number (`NONE`: dropped).
     pub fn compact(&mut self, slots: &mut Slots, rows: Option<&RowConverter>) -> Vec<u32> {
@@ -214,6 +215,9 @@ pub struct Slots {
     pub indexed_end: Vec<i64>,
     /// Within a batch: the slot this one merged into, or `NONE`.
     pub redirect: Vec<u32>,
+    /// Whether the session fired and is kept for late records (indexed in
+    /// the operator's cleanup index, not its timers).
+    pub fired: Vec<bool>,
     free: Vec<u32>,
     pub accs: Vec<Acc>,
 }
@@ -226,19 +230,15 @@ impl Slots {
             key: Vec::new(),
             indexed_end: Vec::new(),
             redirect: Vec::new(),
+            fired: Vec::new(),
             free: Vec::new(),
             accs: kinds.iter().map(|&k| Acc::new(k)).collect(),
         }
     }
 
-    /// Slots allocated (open sessions plus free slots).
+    /// Slots allocated (sessions held plus free slots).
     pub fn num_slots(&self) -> usize {
         self.start.len()
-    }
-
-    /// Sessions open.
-    pub fn open(&self) -> usize {
-        self.num_slots() - self.free.len()
     }
 
     /// A new session `[start, end)` of key `key`, with empty accumulators.
@@ -257,12 +257,13 @@ impl Slots {
                 self.key.push(key);
                 self.indexed_end.push(NOT_INDEXED);
                 self.redirect.push(NONE);
+                self.fired.push(false);
                 (self.num_slots() - 1) as u32
             }
         }
     }
 
-    /// Frees slot `s` (out of the timer index already): its accumulators are
+    /// Frees slot `s` (out of the timer and cleanup indexes already): its accumulators are
     /// emptied for the next session.
     pub fn release(&mut self, s: u32) {
         let i = s as usize;
@@ -271,6 +272,7 @@ impl Slots {
             acc.reset(i);
         }
         self.redirect[i] = NONE;
+        self.fired[i] = false;
         self.free.push(s);
     }
 

@@ -72,6 +72,7 @@ fn spec(key_by: &[&str], gap_ms: u64, bound_ms: u64) -> WindowSpec {
             agg(AggregateFn::Max, Some("ts"), "last_ts"),
             agg(AggregateFn::Avg, Some("amount"), "mean"),
         ],
+        allowed_lateness: HumanDuration::default(),
     }
 }
 
@@ -414,3 +415,6 @@ fn session_build_picks_the_operator_by_window_kind() {
 
 #[path = "session_snapshot_tests.rs"]
 mod snapshot;
+
+#[path = "session_lateness_tests.rs"]
+mod lateness;

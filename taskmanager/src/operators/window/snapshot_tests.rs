@@ -5,6 +5,7 @@
 use super::*;
 use crate::operators::harness::{StateImage, task_context};
 use arrow::array::ArrayRef;
+use eddy_sdk::ids::KeyGroup;
 use eddy_sdk::keygroup::{key_group_of_hash, subtask_for_key_group};
 use eddy_sdk::operator::Element;
 
@@ -24,7 +25,7 @@ fn subtask(spec: &WindowSpec, i: u32, p: u32) -> OperatorHarness {
 }
 
 /// Rows of `chunk` per subtask of `p`, routed by the key's key group.
-fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
+pub(super) fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
     let batch = to_batch(chunk);
     let cols: Vec<ArrayRef> = key_by
         .iter()

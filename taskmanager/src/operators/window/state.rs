@@ -183,11 +183,7 @@ impl WindowState {
             }
         }
         for &g in groups.iter() {
-            let kg = usize::from(self.key_groups[g as usize]);
-            if self.dirty.len() <= kg >> 6 {
-                self.dirty.resize((kg >> 6) + 1, 0);
-            }
-            self.dirty[kg >> 6] |= 1 << (kg & 63);
+            set_dirty(&mut self.dirty, self.key_groups[g as usize]);
         }
         let num_groups = self.num_groups();
         for (acc, input) in self.accs.iter_mut().zip(inputs) {
@@ -221,6 +217,56 @@ impl WindowState {
         }
         RecordBatch::try_new(Arc::clone(schema), columns)
     }
+}
+
+impl WindowState {
+    /// The output rows of groups `groups` (a window kept for late records
+    /// emits its groups without giving up its state): keys, bounds,
+    /// aggregates, in `schema`.
+    pub fn output(
+        &self,
+        groups: &[u32],
+        (start, end): (i64, i64),
+        rows: Option<&RowConverter>,
+        aggregates: &[AggregateLayout],
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch, ArrowError> {
+        let n = groups.len();
+        let mut columns: Vec<ArrayRef> = match (&self.keys, rows) {
+            (KeyStore::Int64(keys), _) => vec![Arc::new(Int64Array::from_iter(
+                groups.iter().map(|&g| keys[g as usize]),
+            ))],
+            (KeyStore::Rows(keys), Some(conv)) => {
+                conv.convert_rows(groups.iter().map(|&g| keys.row(g as usize)))?
+            }
+            (KeyStore::Rows(_), None) => {
+                return Err(ArrowError::InvalidArgumentError(
+                    "row-format keys need their converter".into(),
+                ));
+            }
+        };
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+        for (acc, layout) in self.accs.iter().zip(aggregates) {
+            columns.push(acc.gather(groups, &layout.output_type)?);
+        }
+        RecordBatch::try_new(Arc::clone(schema), columns)
+    }
+
+    /// Every group, in group order.
+    pub fn all_groups(&self) -> Vec<u32> {
+        (0..self.num_groups() as u32).collect()
+    }
+}
+
+/// Marks key group `kg` in the bitset `dirty`.
+#[inline]
+pub(super) fn set_dirty(dirty: &mut Vec<u64>, kg: u16) {
+    let kg = usize::from(kg);
+    if dirty.len() <= kg >> 6 {
+        dirty.resize((kg >> 6) + 1, 0);
+    }
+    dirty[kg >> 6] |= 1 << (kg & 63);
 }
 
 /// The group of the key with `hash` for which `is_key` holds, or a new group

@@ -8,7 +8,7 @@
 //! carry checksums, so damaged bytes are caught before they get here; a
 //! value that still does not parse is an error, never a panic.
 
-use super::{KeyStore, WindowState, find_or_insert};
+use super::{KeyStore, WindowState, find_or_insert, set_dirty};
 use crate::operators::window::accumulators::take;
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
@@ -39,6 +39,14 @@ impl WindowState {
             }
         }
         out
+    }
+
+    /// Marks every key group present as updated (the window moves to
+    /// another state name, so all of its entries are written again).
+    pub fn mark_all_dirty(&mut self) {
+        for &kg in &self.key_groups {
+            set_dirty(&mut self.dirty, kg);
+        }
     }
 
     /// The entry value of `groups` (all of one key group).

@@ -76,6 +76,7 @@ fn spec(key_by: &[&str], window: WindowKind, bound_ms: u64) -> WindowSpec {
             agg(AggregateFn::Avg, Some("amount"), "mean"),
             agg(AggregateFn::Count, Some("amount"), "priced"),
         ],
+        allowed_lateness: HumanDuration::default(),
     }
 }
 
@@ -387,3 +388,6 @@ fn window_output_matches_the_planned_schema() {
 
 #[path = "snapshot_tests.rs"]
 mod snapshot;
+
+#[path = "lateness_tests.rs"]
+mod lateness;

@@ -6,8 +6,8 @@
 //!
 //! Chaining rule: a node joins its input's vertex when the input has exactly
 //! one consumer, both run at the same parallelism, and the node does not
-//! repartition (a `window` hashes its keys and a `top_n` its partition
-//! columns, so each starts a new vertex).
+//! repartition (a `window` and an `aggregate` hash their keys and a `top_n`
+//! its partition columns, so each starts a new vertex).
 //!
 //! Watermark assigners go only at the end of the vertex feeding a `window`.
 //! A `top_n` consumes the watermarks its input forwards (a window forwards its
@@ -113,7 +113,7 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
     let order = topological_order(spec)?;
     for node in order {
         let parallelism = spec.node_parallelism(node);
-        let repartitions = matches!(node.kind, NodeKind::Window(_) | NodeKind::TopN(_));
+        let repartitions = hash_key(&node.kind).is_some();
         let input = node.input.as_ref().and_then(|i| spec.node(i));
         let chain_into = input.and_then(|input| {
             let single_consumer = spec.consumers(&input.id).count() == 1;
@@ -136,15 +136,14 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
                         .find(|v| v.nodes.contains(&input.id))
                         .map(|v| v.id)
                         .expect("topological order puts every input's vertex first");
-                    let partitioning = match &node.kind {
-                        NodeKind::Window(w) => Partitioning::Hash {
-                            key_columns: w.key_by.clone(),
+                    let partitioning = match hash_key(&node.kind) {
+                        Some(key) => Partitioning::Hash {
+                            key_columns: key.to_vec(),
                         },
-                        NodeKind::TopN(t) => Partitioning::Hash {
-                            key_columns: t.partition_by.clone(),
-                        },
-                        _ if spec.node_parallelism(input) == parallelism => Partitioning::Forward,
-                        _ => Partitioning::Rebalance,
+                        None if spec.node_parallelism(input) == parallelism => {
+                            Partitioning::Forward
+                        }
+                        None => Partitioning::Rebalance,
                     };
                     edges.push(Edge {
                         from,
@@ -205,6 +204,16 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
         edges,
         max_parallelism: spec.max_parallelism,
     })
+}
+
+/// The columns a keyed node's input is hashed on (`None`: not keyed).
+fn hash_key(kind: &NodeKind) -> Option<&[String]> {
+    match kind {
+        NodeKind::Window(w) => Some(&w.key_by),
+        NodeKind::Aggregate(a) => Some(&a.key_by),
+        NodeKind::TopN(t) => Some(&t.partition_by),
+        _ => None,
+    }
 }
 
 /// Whether a window is among `node`'s ancestors (the spec is acyclic here).
@@ -340,6 +349,36 @@ nodes:
         assert_eq!(err.node.as_deref(), Some("hot"));
         assert_eq!(err.field.as_deref(), Some("input"));
         assert!(err.message.contains("window"), "{}", err.message);
+    }
+
+    #[test]
+    fn build_aggregate_hashes_on_key_by_like_a_window() {
+        let spec = parse_yaml_or_json(
+            r#"
+name: totals
+parallelism: 2
+nodes:
+  - {id: gen, kind: datagen, fields: [{name: id, type: int64, gen: sequence}]}
+  - {id: enrich, kind: project, input: gen, exprs: ["id", "id % 10 AS k"]}
+  - {id: agg, kind: aggregate, input: enrich, key_by: [k], aggregates: [{fn: sum, column: id, as: total}]}
+  - {id: out, kind: blackhole, input: agg}
+"#,
+        )
+        .unwrap();
+        let g = build(&spec).unwrap();
+        let names: Vec<_> = g.vertices.iter().map(Vertex::name).collect();
+        assert_eq!(names, ["gen -> enrich", "agg -> out"]);
+        assert_eq!(
+            g.edges[0].partitioning,
+            Partitioning::Hash {
+                key_columns: vec!["k".into()]
+            }
+        );
+        assert!(
+            g.vertices.iter().all(|v| v.watermark.is_none()),
+            "an aggregate needs no event time"
+        );
+        assert!(spec.node(&"agg".into()).unwrap().kind.is_stateful());
     }
 
     #[test]

@@ -166,3 +166,20 @@ pub async fn cancel_job(
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document lists exactly the node kinds a spec may use.
+    #[test]
+    fn openapi_node_kinds_match_the_spec() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let kinds: Vec<&str> =
+            doc["components"]["schemas"]["NodeSpec"]["properties"]["kind"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap())
+                .collect();
+        assert_eq!(kinds, eddy_sdk::spec::NodeKind::ALL);
+    }
+}

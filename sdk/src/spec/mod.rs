@@ -2,6 +2,7 @@
 //! JSON. Parsing names the node and field of every error; `validate` checks the
 //! graph's shape. Schema-level checks (columns, SQL) live in `plan`.
 
+mod aggregate;
 mod checkpoint;
 mod duration;
 mod nexmark;
@@ -9,6 +10,7 @@ mod parse;
 mod top_n;
 mod validate;
 
+pub use aggregate::GroupAggregateSpec;
 pub use checkpoint::{
     CheckpointDefaults, CheckpointSettings, CheckpointSpec, RestartSettings, RestartSpec,
     StateBackendKind, validate_sections, validate_storage,
@@ -68,6 +70,7 @@ pub enum NodeKind {
     Project(ProjectSpec),
     Filter(FilterSpec),
     Window(WindowSpec),
+    Aggregate(GroupAggregateSpec),
     TopN(TopNSpec),
     Print(PrintSpec),
     Blackhole(BlackholeSpec),
@@ -83,6 +86,7 @@ impl NodeKind {
             NodeKind::Project(_) => "project",
             NodeKind::Filter(_) => "filter",
             NodeKind::Window(_) => "window",
+            NodeKind::Aggregate(_) => "aggregate",
             NodeKind::TopN(_) => "top_n",
             NodeKind::Print(_) => "print",
             NodeKind::Blackhole(_) => "blackhole",
@@ -93,14 +97,15 @@ impl NodeKind {
         matches!(self, NodeKind::Datagen(_) | NodeKind::Nexmark(_))
     }
     /// Whether the operator keeps state in checkpoints (source positions,
-    /// windows, the file sink's pending files). Every checkpoint of a job
-    /// holds one snapshot per stateful node and subtask.
+    /// windows, keyed aggregates, the file sink's pending files). Every
+    /// checkpoint of a job holds one snapshot per stateful node and subtask.
     pub fn is_stateful(&self) -> bool {
         matches!(
             self,
             NodeKind::Datagen(_)
                 | NodeKind::Nexmark(_)
                 | NodeKind::Window(_)
+                | NodeKind::Aggregate(_)
                 | NodeKind::TopN(_)
                 | NodeKind::File(_)
         )
@@ -118,6 +123,7 @@ impl NodeKind {
         "project",
         "filter",
         "window",
+        "aggregate",
         "top_n",
         "print",
         "blackhole",

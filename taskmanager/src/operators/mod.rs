@@ -9,6 +9,7 @@
 //! This module owns no threads, channels or I/O other than the file and print
 //! sinks' own writes: the task runtime drives a [`Chain`] and moves its output.
 
+pub mod aggregate;
 pub mod datagen;
 mod file_commit;
 pub mod filter;
@@ -168,6 +169,15 @@ pub fn build_chain(
                     .ok_or_else(|| plan_error(format!("node `{id}` has no input")))?;
                 let sent = prune::sent_schema(spec, input_id, input()?)?;
                 operators.push(window::build(id, w, &sent, ctx)?)
+            }
+            NodeKind::Aggregate(a) => {
+                // The producer pruned what no keyed consumer reads (`prune`).
+                let input_id = node
+                    .input
+                    .as_ref()
+                    .ok_or_else(|| plan_error(format!("node `{id}` has no input")))?;
+                let sent = prune::sent_schema(spec, input_id, input()?)?;
+                operators.push(Box::new(aggregate::Aggregate::new(id, a, &sent, ctx)?))
             }
             NodeKind::TopN(t) => operators.push(Box::new(top_n::TopN::new(id, t, &input()?, ctx)?)),
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),

@@ -1,6 +1,6 @@
 //! Column pruning before a shuffle: a node whose every consumer is a window
-//! sends only the columns those windows read (their keys, event time and
-//! aggregate inputs). A window's output holds nothing else, so the other
+//! or an `aggregate` sends only the columns those read (their keys, event
+//! time and aggregate inputs). Their output holds nothing else, so the other
 //! columns would cross the network only to be dropped. Nexmark q5/q11/q12
 //! shuffle two of the bid's seven columns instead of all of them.
 //!
@@ -17,18 +17,23 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The columns the consumers of `node` read, when it has consumers and all
-/// of them are windows; `None` when some consumer may read every column.
+/// of them are windows or aggregates; `None` when some consumer may read
+/// every column.
 fn consumed_columns(spec: &JobSpec, node: &NodeId) -> Option<BTreeSet<String>> {
     let mut columns = BTreeSet::new();
     let mut consumers = 0;
     for n in spec.nodes.iter().filter(|n| n.input.as_ref() == Some(node)) {
-        let NodeKind::Window(w) = &n.kind else {
-            return None;
+        let (key_by, aggregates) = match &n.kind {
+            NodeKind::Window(w) => {
+                columns.insert(w.event_time.column.clone());
+                (&w.key_by, &w.aggregates)
+            }
+            NodeKind::Aggregate(a) => (&a.key_by, &a.aggregates),
+            _ => return None,
         };
         consumers += 1;
-        columns.extend(w.key_by.iter().cloned());
-        columns.insert(w.event_time.column.clone());
-        columns.extend(w.aggregates.iter().filter_map(|a| a.column.clone()));
+        columns.extend(key_by.iter().cloned());
+        columns.extend(aggregates.iter().filter_map(|a| a.column.clone()));
     }
     (consumers > 0).then_some(columns)
 }
@@ -136,6 +141,20 @@ mod tests {
         // Against a schema that names the event time `ts`, the window's
         // column is missing: a plan error, not a silent drop.
         assert!(pruned(&spec, &"src".into(), &schema()).is_err());
+    }
+
+    #[test]
+    fn prune_keeps_what_windows_and_aggregates_read() {
+        let agg = "  - {id: a, kind: aggregate, input: src, key_by: [bidder], aggregates: [{fn: count, as: n}, {fn: count, column: url, as: u}]}\n";
+        let both = spec(&format!("{WINDOW}{agg}"));
+        let cols = consumed_columns(&both, &"src".into()).unwrap();
+        assert_eq!(
+            cols.into_iter().collect::<Vec<_>>(),
+            ["auction", "bidder", "date_time", "price", "url"]
+        );
+        let alone = spec(agg);
+        let cols = consumed_columns(&alone, &"src".into()).unwrap();
+        assert_eq!(cols.into_iter().collect::<Vec<_>>(), ["bidder", "url"]);
     }
 
     #[test]

@@ -218,3 +218,65 @@ fn project_evaluation_error_is_bad_data_naming_the_node() {
         .unwrap_or_default();
     assert!(cause.to_lowercase().contains("divide by zero"), "{cause}");
 }
+
+/// A planned `aggregate` job: the producer sends only the key and the
+/// aggregate's input across the exchange, the consumer's chain starts with
+/// the (stateful) aggregate, and each key's last update holds its totals.
+#[test]
+fn build_chain_aggregate_job_runs_end_to_end() {
+    let spec = parse_yaml_or_json(
+        r#"
+name: totals
+nodes:
+  - {id: gen, kind: datagen, count: 1000, batch_size: 64, fields: [
+      {name: id, type: int64, gen: sequence, start: 0},
+      {name: ts, type: timestamp_ms, gen: timestamp, start: "2026-01-01T00:00:00Z", step: 1ms}]}
+  - {id: enrich, kind: project, input: gen, exprs: ["id", "ts", "id % 7 AS k"]}
+  - {id: totals, kind: aggregate, input: enrich, key_by: [k], state_ttl: 1h,
+     aggregates: [{fn: count, as: n}, {fn: sum, column: id, as: total}]}
+  - {id: out, kind: blackhole, input: totals}
+"#,
+    )
+    .unwrap();
+    let (graph, schemas) = validate(&spec, None).unwrap();
+    let first = build_chain(&spec, &graph, &schemas, &ctx(0)).unwrap();
+    let sent: Vec<&str> = first
+        .output_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(sent, ["id", "k"], "`ts` is read by no consumer");
+    let data = batches(&run(first, Vec::new()));
+
+    let second = build_chain(&spec, &graph, &schemas, &ctx(1)).unwrap();
+    assert_eq!(second.operators.len(), 2, "aggregate, blackhole");
+    assert!(matches!(
+        second.stateful.as_slice(),
+        [(crate::runtime::StatePosition::Operator(0), id)] if id.as_str() == "totals"
+    ));
+    // The blackhole swallows the updates: read them off the aggregate.
+    let mut agg = OperatorHarness::new(second.operators.into_iter().take(1).collect());
+    let mut last = std::collections::BTreeMap::new();
+    for b in data {
+        for u in batches(&agg.batch(b).unwrap()) {
+            let (k, n, total) = (
+                u.column(0).as_primitive::<Int64Type>(),
+                u.column(1).as_primitive::<Int64Type>(),
+                u.column(2).as_primitive::<Int64Type>(),
+            );
+            for i in 0..u.num_rows() {
+                last.insert(k.value(i), (n.value(i), total.value(i)));
+            }
+        }
+    }
+    assert_eq!(last.len(), 7);
+    for (k, (n, total)) in last {
+        let ids = (0..1000).filter(|i| i % 7 == k);
+        assert_eq!(
+            (n, total),
+            (ids.clone().count() as i64, ids.sum::<i64>()),
+            "key {k}"
+        );
+    }
+}

@@ -5,10 +5,12 @@
 //! submission (each error names the node and the field), the TaskManager to
 //! build the exact schemas its operators produce. Nothing here does I/O.
 
+mod aggregate;
 mod nexmark;
 mod top_n;
 mod window;
 
+pub use aggregate::{GroupAggregateLayout, group_aggregate_layout};
 pub use nexmark::{nexmark_schema, nexmark_table_schema};
 pub use top_n::{TopNLayout, top_n_layout};
 pub use window::{
@@ -125,6 +127,7 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
             Ok(input)
         }
         NodeKind::Window(w) => window_layout(&node.id, w, &input).map(|l| l.output),
+        NodeKind::Aggregate(a) => group_aggregate_layout(&node.id, a, &input).map(|l| l.output),
         NodeKind::TopN(t) => top_n_layout(&node.id, t, &input).map(|l| l.output),
         NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_) => Ok(input),
     }

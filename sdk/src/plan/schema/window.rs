@@ -8,11 +8,11 @@
 //! aggregate: `count` → Int64, `sum` → Int64 over integers and Float64 over
 //! floats, `min`/`max` → the input type, `avg` → Float64.
 
+use super::aggregate::Columns;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::NodeId;
 use crate::spec::{AggregateFn, WindowKind, WindowSpec};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -118,33 +118,10 @@ pub fn window_layout(
         ));
     }
 
-    if spec.key_by.is_empty() {
-        return Err(invalid("key_by", "key_by needs at least one column".into()));
-    }
-    let mut key_indices = Vec::with_capacity(spec.key_by.len());
+    let columns = Columns { node, input };
     let mut out_fields = Vec::with_capacity(spec.key_by.len() + 2 + spec.aggregates.len());
     let mut names = HashSet::new();
-    for key in &spec.key_by {
-        let i = find("key_by", "key column", key)?;
-        if !names.insert(key.as_str()) {
-            return Err(invalid(
-                "key_by",
-                format!("key column `{key}` is listed twice"),
-            ));
-        }
-        let field = input.field(i);
-        if !RowConverter::supports_fields(&[SortField::new(field.data_type().clone())]) {
-            return Err(invalid(
-                "key_by",
-                format!(
-                    "key column `{key}` has type {}, which cannot be a key",
-                    field.data_type()
-                ),
-            ));
-        }
-        key_indices.push(i);
-        out_fields.push(field.clone());
-    }
+    let key_indices = columns.keys(&spec.key_by, &mut names, &mut out_fields)?;
     for bound in [WINDOW_START, WINDOW_END] {
         if !names.insert(bound) {
             return Err(invalid(
@@ -173,79 +150,12 @@ pub fn window_layout(
         }
     }
 
-    let mut aggregates = Vec::with_capacity(spec.aggregates.len());
-    for agg in &spec.aggregates {
-        let fname = fn_name(agg.func);
-        if agg.alias.is_empty() {
-            return Err(invalid(
-                "aggregates",
-                format!("the `{fname}` aggregate needs a non-empty `as` name"),
-            ));
-        }
-        if !names.insert(agg.alias.as_str()) {
-            return Err(invalid(
-                "aggregates",
-                format!(
-                    "output column `{}` is defined twice (aggregate names must differ from each other, the key columns, `window_start` and `window_end`)",
-                    agg.alias
-                ),
-            ));
-        }
-        let input_col = match &agg.column {
-            Some(c) => {
-                let i = find("aggregates", &format!("{fname} column"), c)?;
-                Some((i, input.field(i).data_type().clone()))
-            }
-            None if agg.func == AggregateFn::Count => None,
-            None => {
-                return Err(invalid(
-                    "aggregates",
-                    format!("`{fname}` ({}) needs a `column`", agg.alias),
-                ));
-            }
-        };
-        let output_type = match (agg.func, &input_col) {
-            (AggregateFn::Count, _) => Some(DataType::Int64),
-            (AggregateFn::Sum, Some((_, t))) if is_integer(t) => Some(DataType::Int64),
-            (AggregateFn::Sum | AggregateFn::Avg, Some((_, t))) if is_float(t) => {
-                Some(DataType::Float64)
-            }
-            (AggregateFn::Avg, Some((_, t))) if is_integer(t) => Some(DataType::Float64),
-            (AggregateFn::Min | AggregateFn::Max, Some((_, t)))
-                if is_integer(t) || is_float(t) || is_timestamp(t) =>
-            {
-                Some(t.clone())
-            }
-            _ => None,
-        };
-        let Some(output_type) = output_type else {
-            let (c, t) = match (&agg.column, &input_col) {
-                (Some(c), Some((_, t))) => (c.as_str(), t.to_string()),
-                _ => ("", String::new()),
-            };
-            let accepted = if matches!(agg.func, AggregateFn::Min | AggregateFn::Max) {
-                "numeric or timestamp"
-            } else {
-                "numeric"
-            };
-            return Err(invalid(
-                "aggregates",
-                format!("`{fname}` needs a {accepted} column, but `{c}` has type {t}"),
-            ));
-        };
-        // Count never yields null; the others are null for a window whose
-        // values were all null.
-        out_fields.push(Field::new(
-            agg.alias.clone(),
-            output_type.clone(),
-            agg.func != AggregateFn::Count,
-        ));
-        aggregates.push(AggregateLayout {
-            func: agg.func,
-            input: input_col,
-            output_type,
-        });
-    }
+    let aggregates = columns.aggregates(
+        &spec.aggregates,
+        &mut names,
+        &mut out_fields,
+        "the key columns, `window_start` and `window_end`",
+    )?;
 
     Ok(WindowLayout {
         key_indices,
@@ -257,16 +167,6 @@ pub fn window_layout(
         aggregates,
         output: Arc::new(Schema::new(out_fields)),
     })
-}
-
-fn fn_name(f: AggregateFn) -> &'static str {
-    match f {
-        AggregateFn::Count => "count",
-        AggregateFn::Sum => "sum",
-        AggregateFn::Min => "min",
-        AggregateFn::Max => "max",
-        AggregateFn::Avg => "avg",
-    }
 }
 
 /// Integer types, accumulated as i64.

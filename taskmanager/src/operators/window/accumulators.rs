@@ -1,5 +1,6 @@
 //! Aggregate state of one window, column-oriented: one vector per aggregate,
-//! indexed by the window's group (key) number.
+//! indexed by the window's group (key) number. The `aggregate` operator
+//! keeps its per-key state in the same accumulators, indexed by key.
 //!
 //! An update takes the rows of a batch that belong to the window and their
 //! group numbers and folds them in with one monomorphic loop per aggregate:
@@ -402,7 +403,7 @@ impl Acc {
 }
 
 /// The first `N` bytes of `input`, consumed.
-pub(super) fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
+pub(crate) fn take<const N: usize>(input: &mut &[u8]) -> Option<[u8; N]> {
     let (head, rest) = input.split_first_chunk::<N>()?;
     *input = rest;
     Some(*head)

@@ -25,12 +25,12 @@
 //! routes them); each group records its key group so state can be split by
 //! key group later.
 
-mod accumulators;
+pub(crate) mod accumulators;
 mod buckets;
 mod checkpoint;
 pub mod session;
 mod session_state;
-mod state;
+pub(crate) mod state;
 
 use super::{TaskContext, bad_data, plan_error};
 use accumulators::Kind;

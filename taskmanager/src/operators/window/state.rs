@@ -27,7 +27,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// End of a `next` chain.
-pub(super) const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
 
 /// The keys of one batch, in the form of the window's key store.
 pub enum BatchKeys<'a> {
@@ -36,8 +36,8 @@ pub enum BatchKeys<'a> {
 }
 
 /// One batch's key hashes, keys and prepared aggregate inputs, computed once
-/// for all of its rows (shared by the tumbling/sliding and session operators).
-pub(super) struct KeyedBatch {
+/// for all of its rows (shared by the window operators and `aggregate`).
+pub(crate) struct KeyedBatch {
     /// The key columns; a single Int64 key is read from here directly.
     key_cols: Vec<ArrayRef>,
     /// Row-format keys, when the window keeps its keys in row format.
@@ -57,8 +57,22 @@ impl KeyedBatch {
         batch: &RecordBatch,
         hashes: &mut Vec<u64>,
     ) -> Result<Self, OperatorError> {
-        let key_cols: Vec<ArrayRef> = layout
-            .key_indices
+        let (keys, aggregates) = (&layout.key_indices, &layout.aggregates);
+        Self::from_columns(node, keys, aggregates, rows, kinds, batch, hashes)
+    }
+
+    /// [`KeyedBatch::new`] for any keyed aggregation: the key columns and
+    /// the aggregates' layouts given apart.
+    pub(crate) fn from_columns(
+        node: &NodeId,
+        key_indices: &[usize],
+        aggregates: &[AggregateLayout],
+        rows: Option<&RowConverter>,
+        kinds: &[Kind],
+        batch: &RecordBatch,
+        hashes: &mut Vec<u64>,
+    ) -> Result<Self, OperatorError> {
+        let key_cols: Vec<ArrayRef> = key_indices
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
@@ -67,8 +81,7 @@ impl KeyedBatch {
             .map(|conv| conv.convert_columns(&key_cols))
             .transpose()
             .map_err(|e| bad_data(node, "cannot encode the keys", e))?;
-        let inputs = layout
-            .aggregates
+        let inputs = aggregates
             .iter()
             .zip(kinds)
             .map(|(a, k)| k.prepare(a.input.as_ref().map(|(i, _)| batch.column(*i))))
@@ -81,7 +94,7 @@ impl KeyedBatch {
         })
     }
 
-    pub(super) fn keys(&self) -> BatchKeys<'_> {
+    pub(crate) fn keys(&self) -> BatchKeys<'_> {
         match &self.rows {
             Some(rows) => BatchKeys::Rows(rows),
             None => BatchKeys::Int64(self.key_cols[0].as_primitive::<Int64Type>()),
@@ -89,7 +102,7 @@ impl KeyedBatch {
     }
 }
 
-pub(super) enum KeyStore {
+pub(crate) enum KeyStore {
     Int64(Vec<Option<i64>>),
     Rows(Rows),
 }
@@ -272,7 +285,7 @@ pub(super) fn set_dirty(dirty: &mut Vec<u64>, kg: u16) {
 /// The group of the key with `hash` for which `is_key` holds, or a new group
 /// numbered `next.len()` (the caller stores its key).
 #[inline]
-pub(super) fn find_or_insert(
+pub(crate) fn find_or_insert(
     heads: &mut HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
     next: &mut Vec<u32>,
     hash: u64,

@@ -14,6 +14,7 @@
 
 use super::{Group, TopN};
 use crate::operators::TaskContext;
+use crate::operators::window::keys::DirtyKeys;
 use crate::operators::window::{WATERMARK, corrupt_state, restored_watermark, unknown_states};
 use arrow::array::ArrayRef;
 use eddy_sdk::ids::KeyGroup;
@@ -30,9 +31,7 @@ pub(super) struct TopNCheckpoint {
     /// The subtask's own key group, for its watermark entry.
     own: KeyGroup,
     /// Groups created or changed since the last barrier.
-    dirty: Vec<u32>,
-    /// Per group slot: whether it is in `dirty`.
-    is_dirty: Vec<bool>,
+    dirty: DirtyKeys,
     /// Groups emitted since the last barrier: (key group, key).
     fired: Vec<(u16, Vec<u8>)>,
     /// The watermark reported last (`None`: report everything next time).
@@ -43,8 +42,7 @@ impl TopNCheckpoint {
     pub(super) fn new(ctx: &TaskContext) -> Self {
         TopNCheckpoint {
             own: own_key_group(&ctx.key_groups()),
-            dirty: Vec::new(),
-            is_dirty: Vec::new(),
+            dirty: DirtyKeys::default(),
             fired: Vec::new(),
             reported: None,
         }
@@ -53,14 +51,7 @@ impl TopNCheckpoint {
     /// Group `g` was created or changed.
     #[inline]
     pub(super) fn mark(&mut self, g: u32) {
-        let i = g as usize;
-        if i >= self.is_dirty.len() {
-            self.is_dirty.resize(i + 1, false);
-        }
-        if !self.is_dirty[i] {
-            self.is_dirty[i] = true;
-            self.dirty.push(g);
-        }
+        self.dirty.mark(g);
     }
 
     /// `group` was emitted: its entry goes.
@@ -70,8 +61,7 @@ impl TopNCheckpoint {
     }
 
     fn take_dirty(&mut self) -> Vec<u32> {
-        self.is_dirty.iter_mut().for_each(|d| *d = false);
-        std::mem::take(&mut self.dirty)
+        self.dirty.take()
     }
 }
 

@@ -15,6 +15,7 @@
 
 use super::Aggregate;
 use crate::operators::window::accumulators::take;
+use crate::operators::window::keys::DirtyKeys;
 use crate::operators::window::state::{BatchKeys, NONE};
 use crate::operators::window::{corrupt_state, unknown_states};
 use arrow::array::{ArrayRef, AsArray};
@@ -35,9 +36,7 @@ const FORMAT: u8 = 1;
 #[derive(Default)]
 pub(super) struct AggregateCheckpoint {
     /// Keys updated since the last barrier.
-    dirty: Vec<u32>,
-    /// Per key: whether it is in `dirty`.
-    is_dirty: Vec<bool>,
+    dirty: DirtyKeys,
     /// Per key: whether the state backend holds its entry (reported since
     /// it last expired).
     stored: Vec<bool>,
@@ -51,14 +50,7 @@ impl AggregateCheckpoint {
     /// Key `k` was updated.
     #[inline]
     pub(super) fn mark(&mut self, k: u32) {
-        let i = k as usize;
-        if i >= self.is_dirty.len() {
-            self.is_dirty.resize(i + 1, false);
-        }
-        if !self.is_dirty[i] {
-            self.is_dirty[i] = true;
-            self.dirty.push(k);
-        }
+        self.dirty.mark(k);
     }
 
     /// Key `k` expired: whether the backend holds an entry to delete.
@@ -82,18 +74,11 @@ impl AggregateCheckpoint {
             }
         }
         self.stored = stored;
-        let dirty = self.take_dirty();
-        for k in dirty {
-            match renumbered.get(k as usize) {
-                Some(&new) if new != NONE => self.mark(new),
-                _ => {}
-            }
-        }
+        self.dirty.renumber(renumbered);
     }
 
     fn take_dirty(&mut self) -> Vec<u32> {
-        self.is_dirty.iter_mut().for_each(|d| *d = false);
-        std::mem::take(&mut self.dirty)
+        self.dirty.take()
     }
 
     fn set_stored(&mut self, k: u32) {

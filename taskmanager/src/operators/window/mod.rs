@@ -28,6 +28,7 @@
 pub(crate) mod accumulators;
 mod buckets;
 mod checkpoint;
+pub(crate) mod keys;
 pub mod session;
 mod session_state;
 pub(crate) mod state;

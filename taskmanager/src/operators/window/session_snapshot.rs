@@ -20,8 +20,9 @@
 use super::SessionWindow;
 use crate::operators::TaskContext;
 use crate::operators::window::accumulators::take;
+use crate::operators::window::keys::DirtyKeys;
 use crate::operators::window::session_state::{KeyTable, NOT_INDEXED};
-use crate::operators::window::state::{BatchKeys, NONE};
+use crate::operators::window::state::BatchKeys;
 use crate::operators::window::{WATERMARK, corrupt_state, restored_watermark, unknown_states};
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
@@ -42,9 +43,7 @@ pub(super) struct SessionCheckpoint {
     /// The subtask's own key group, for its watermark entry.
     own: KeyGroup,
     /// Keys whose sessions changed since the last barrier.
-    dirty: Vec<u32>,
-    /// Per key: whether it is in `dirty`.
-    is_dirty: Vec<bool>,
+    dirty: DirtyKeys,
     /// Changed keys dropped since (no sessions left): their entries go.
     dropped: Vec<(u16, Vec<u8>)>,
     /// The watermark reported last (`None`: report everything next time).
@@ -55,8 +54,7 @@ impl SessionCheckpoint {
     pub(super) fn new(ctx: &TaskContext) -> Self {
         SessionCheckpoint {
             own: own_key_group(&ctx.key_groups()),
-            dirty: Vec::new(),
-            is_dirty: Vec::new(),
+            dirty: DirtyKeys::default(),
             dropped: Vec::new(),
             reported: None,
         }
@@ -65,20 +63,13 @@ impl SessionCheckpoint {
     /// Key `k`'s sessions changed.
     #[inline]
     pub(super) fn mark(&mut self, k: u32) {
-        let i = k as usize;
-        if i >= self.is_dirty.len() {
-            self.is_dirty.resize(i + 1, false);
-        }
-        if !self.is_dirty[i] {
-            self.is_dirty[i] = true;
-            self.dirty.push(k);
-        }
+        self.dirty.mark(k);
     }
 
     /// Before `keys` drops its keys without sessions: remembers the
     /// changed ones among them, to delete their entries.
     pub(super) fn before_compaction(&mut self, keys: &KeyTable) {
-        for &k in &self.dirty {
+        for k in self.dirty.iter() {
             if keys.open[k as usize].is_empty() {
                 let mut key = Vec::new();
                 keys.key_bytes(k, &mut key);
@@ -89,19 +80,11 @@ impl SessionCheckpoint {
 
     /// After compaction: follows the renumbering of the surviving keys.
     pub(super) fn after_compaction(&mut self, renumbered: &[u32]) {
-        let old = std::mem::take(&mut self.dirty);
-        self.is_dirty.clear();
-        for k in old {
-            let new = renumbered[k as usize];
-            if new != NONE {
-                self.mark(new);
-            }
-        }
+        self.dirty.renumber(renumbered);
     }
 
     fn take_dirty(&mut self) -> Vec<u32> {
-        self.is_dirty.iter_mut().for_each(|d| *d = false);
-        std::mem::take(&mut self.dirty)
+        self.dirty.take()
     }
 }
 

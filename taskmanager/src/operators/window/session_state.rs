@@ -12,23 +12,15 @@
 //! and one accumulator per aggregate indexed by slot. Freed slots are reused.
 
 use super::accumulators::{Acc, Kind};
-use super::state::{BatchKeys, HashHeads, KeyStore, NONE, find_or_insert};
-use arrow::array::Array;
+use super::keys::{KeyIndex, compact_vec};
+use super::state::{BatchKeys, NONE};
 use arrow::row::RowConverter;
-use eddy_sdk::keygroup::key_group_of_hash;
 
 /// `Slots::indexed_end` of a slot not in the timer index.
 pub const NOT_INDEXED: i64 = i64::MIN;
 
 pub struct KeyTable {
-    heads: HashHeads,
-    /// Per key: the previous key with the same hash, or `NONE`.
-    next: Vec<u32>,
-    /// Per key: its routing hash (to rebuild `heads` when compacting).
-    hashes: Vec<u64>,
-    store: KeyStore,
-    /// Per key: its key group (`< max_parallelism <= 32768`).
-    key_groups: Vec<u16>,
+    keys: KeyIndex,
     /// Per key: the slots of its sessions (open, or fired and kept), sorted
     /// by start, pairwise more than the gap apart (closer ones have merged).
     pub open: Vec<Vec<u32>>,
@@ -39,14 +31,7 @@ pub struct KeyTable {
 impl KeyTable {
     pub fn new(rows: Option<&RowConverter>) -> Self {
         KeyTable {
-            heads: HashHeads::default(),
-            next: Vec::new(),
-            hashes: Vec::new(),
-            store: match rows {
-                Some(conv) => KeyStore::Rows(conv.empty_rows(0, 0)),
-                None => KeyStore::Int64(Vec::new()),
-            },
-            key_groups: Vec::new(),
+            keys: KeyIndex::new(rows),
             open: Vec::new(),
             live: 0,
         }
@@ -54,7 +39,7 @@ impl KeyTable {
 
     /// Keys held, live or not.
     pub fn num_keys(&self) -> usize {
-        self.next.len()
+        self.keys.len()
     }
 
     /// The key of batch row `r`, added if new.
@@ -66,33 +51,8 @@ impl KeyTable {
         keys: &BatchKeys<'_>,
         max_parallelism: u32,
     ) -> u32 {
-        let k = match (keys, &mut self.store) {
-            (BatchKeys::Int64(batch), KeyStore::Int64(stored)) => {
-                let key = batch.is_valid(r).then(|| batch.value(r));
-                let k = find_or_insert(&mut self.heads, &mut self.next, hash, |g| {
-                    stored[g as usize] == key
-                });
-                if k as usize == stored.len() {
-                    stored.push(key);
-                }
-                k
-            }
-            (BatchKeys::Rows(batch), KeyStore::Rows(stored)) => {
-                let key = batch.row(r);
-                let k = find_or_insert(&mut self.heads, &mut self.next, hash, |g| {
-                    stored.row(g as usize) == key
-                });
-                if k as usize == stored.num_rows() {
-                    stored.push(key);
-                }
-                k
-            }
-            _ => unreachable!("a window operator uses one key store for all its batches"),
-        };
+        let k = self.keys.find_or_insert(r, hash, keys, max_parallelism);
         if k as usize == self.open.len() {
-            self.hashes.push(hash);
-            self.key_groups
-                .push(key_group_of_hash(hash, max_parallelism).0 as u16);
             self.open.push(Vec::new());
         }
         k
@@ -114,42 +74,22 @@ impl KeyTable {
         ks: &[u32],
         rows: Option<&RowConverter>,
     ) -> Result<Vec<arrow::array::ArrayRef>, arrow::error::ArrowError> {
-        match (&self.store, rows) {
-            (KeyStore::Int64(stored), _) => Ok(vec![std::sync::Arc::new(
-                arrow::array::Int64Array::from_iter(ks.iter().map(|&k| stored[k as usize])),
-            )]),
-            (KeyStore::Rows(stored), Some(conv)) => {
-                conv.convert_rows(ks.iter().map(|&k| stored.row(k as usize)))
-            }
-            (KeyStore::Rows(_), None) => Err(arrow::error::ArrowError::InvalidArgumentError(
-                "row-format keys need their converter".into(),
-            )),
-        }
+        self.keys.columns(ks, rows)
     }
 
     /// The key group of every key, in key order.
     pub fn key_groups(&self) -> &[u16] {
-        &self.key_groups
+        self.keys.key_groups()
     }
 
-    /// Appends key `k` as a checkpoint entry key: `Int64` keys as
-    /// `[0|1 u8][i64 BE]` (null or value), row-format keys as their row bytes.
+    /// Appends key `k` as a checkpoint entry key ([`KeyIndex::key_bytes`]).
     pub fn key_bytes(&self, k: u32, out: &mut Vec<u8>) {
-        match &self.store {
-            KeyStore::Int64(stored) => match stored[k as usize] {
-                None => out.extend_from_slice(&[0; 9]),
-                Some(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
-            },
-            KeyStore::Rows(stored) => out.extend_from_slice(stored.row(k as usize).data()),
-        }
+        self.keys.key_bytes(k, out);
     }
 
     /// Whether keys are in row format.
     pub fn is_rows(&self) -> bool {
-        matches!(self.store, KeyStore::Rows(_))
+        self.keys.is_rows()
     }
 
     /// Whether enough keys are dead for [`compact`](Self::compact) to pay off.
@@ -162,44 +102,15 @@ impl KeyTable {
     /// updating the key of their sessions in `slots`; returns each old key's
     /// new number (`NONE`: dropped).
     pub fn compact(&mut self, slots: &mut Slots, rows: Option<&RowConverter>) -> Vec<u32> {
-        let mut renumbered = vec![NONE; self.open.len()];
-        let mut store = match (&self.store, rows) {
-            (KeyStore::Rows(_), Some(conv)) => KeyStore::Rows(conv.empty_rows(self.live, 0)),
-            _ => KeyStore::Int64(Vec::with_capacity(self.live)),
-        };
-        let mut heads = HashHeads::default();
-        let mut next = Vec::with_capacity(self.live);
-        let mut hashes = Vec::with_capacity(self.live);
-        let mut key_groups = Vec::with_capacity(self.live);
-        let mut open = Vec::with_capacity(self.live);
-        for (k, sessions) in self.open.iter_mut().enumerate() {
-            if sessions.is_empty() {
-                continue;
+        let open = &self.open;
+        let renumbered = self.keys.compact(|k| !open[k].is_empty(), rows);
+        compact_vec(&mut self.open, &renumbered);
+        for (new, sessions) in self.open.iter().enumerate() {
+            for &s in sessions {
+                slots.key[s as usize] = new as u32;
             }
-            let new = next.len() as u32;
-            renumbered[k] = new;
-            let hash = self.hashes[k];
-            // Keys are distinct, so each goes in front of its hash's chain.
-            next.push(heads.insert(hash, new).unwrap_or(NONE));
-            hashes.push(hash);
-            key_groups.push(self.key_groups[k]);
-            match (&self.store, &mut store) {
-                (KeyStore::Int64(old), KeyStore::Int64(new_store)) => new_store.push(old[k]),
-                (KeyStore::Rows(old), KeyStore::Rows(new_store)) => new_store.push(old.row(k)),
-                _ => unreachable!("compaction keeps the key store's form"),
-            }
-            for &s in sessions.iter() {
-                slots.key[s as usize] = new;
-            }
-            open.push(std::mem::take(sessions));
         }
-        debug_assert_eq!(open.len(), self.live);
-        self.heads = heads;
-        self.next = next;
-        self.hashes = hashes;
-        self.store = store;
-        self.key_groups = key_groups;
-        self.open = open;
+        debug_assert_eq!(self.open.len(), self.live);
         renumbered
     }
 }

@@ -39,12 +39,22 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address the REST API (and `/metrics`) binds to; port 0 picks a free port.
     pub rest_addr: String,
+    /// The REST URL other JobManagers and clients reach this one at (it is
+    /// recorded in the Raft membership, so followers can forward writes to
+    /// the leader). Empty: `http://` + the bound rest-addr, which only works
+    /// when that is a reachable address (not `0.0.0.0`).
+    pub rest_url: String,
     /// Address the gRPC server binds to (TaskManager service and Raft); port 0
     /// picks a free port.
     pub rpc_addr: String,
     /// The Raft group as `"id=host:port"` entries (each member's rpc-addr).
     /// Empty means a group of one: this node.
     pub peers: Vec<String>,
+    /// Start without initializing a group, and wait for the leader of an
+    /// existing group to add this node (`POST /v1/cluster/members`).
+    pub join: bool,
+    /// Raft log compaction and membership changes.
+    pub raft: RaftSettings,
     /// How often TaskManagers send heartbeats (sent to them at registration).
     pub heartbeat_interval: HumanDuration,
     /// A TaskManager without a heartbeat for this long is declared lost.
@@ -57,14 +67,32 @@ pub struct Config {
     pub restart: RestartSettings,
 }
 
+/// The `[raft]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RaftSettings {
+    /// Build a snapshot of the cluster state (and purge the log up to it)
+    /// every this many log entries.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind the latest snapshot, so a follower a little
+    /// behind catches up from the log rather than from a whole snapshot.
+    pub keep_logs: u64,
+    /// How long adding a member waits for it to catch up with the leader's
+    /// log before promoting it to voter.
+    pub join_timeout: HumanDuration,
+}
+
 /// Command-line overrides, applied over every other layer.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub id: Option<u64>,
     pub data_dir: Option<PathBuf>,
     pub rest_addr: Option<String>,
+    pub rest_url: Option<String>,
     pub rpc_addr: Option<String>,
     pub peers: Option<Vec<String>>,
+    /// `--join`: only ever sets `join`.
+    pub join: bool,
     pub heartbeat_timeout: Option<HumanDuration>,
 }
 
@@ -88,8 +116,14 @@ impl Config {
         if let Some(addr) = overrides.rpc_addr {
             config.rpc_addr = addr;
         }
+        if let Some(url) = overrides.rest_url {
+            config.rest_url = url;
+        }
         if let Some(peers) = overrides.peers {
             config.peers = peers;
+        }
+        if overrides.join {
+            config.join = true;
         }
         if let Some(t) = overrides.heartbeat_timeout {
             config.heartbeat_timeout = t;
@@ -124,8 +158,28 @@ impl Config {
         self.restart
             .validate()
             .map_err(|e| Error::Invalid(format!("restart defaults: {}", e.message)))?;
+        if self.raft.snapshot_logs == 0 {
+            return Err(Error::Invalid("raft.snapshot-logs must be positive".into()));
+        }
+        if self.raft.join_timeout.0.is_zero() {
+            return Err(Error::Invalid("raft.join-timeout must be positive".into()));
+        }
+        if !self.rest_url.is_empty() {
+            check_rest_url(&self.rest_url).map_err(|reason| {
+                Error::Invalid(format!("rest-url {:?}: {reason}", self.rest_url))
+            })?;
+        }
         self.peer_map()?;
         Ok(())
+    }
+
+    /// The REST URL this node advertises, given the address REST bound to.
+    pub fn advertised_rest_url(&self, bound: std::net::SocketAddr) -> String {
+        if self.rest_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.rest_url.trim_end_matches('/').to_string()
+        }
     }
 
     /// The configured peers by Raft id (this node's own entry included if listed).
@@ -158,6 +212,23 @@ impl Config {
     }
 }
 
+/// Checks that `url` is an absolute `http://host[:port]` URL without a
+/// path, as a member's REST URL must be. (JobManagers speak plain HTTP to
+/// each other until TLS between processes arrives.)
+pub fn check_rest_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (https is not supported between jobmanagers yet)")?;
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.contains(['/', '?', '#', ' ']) {
+        return Err("must have no path, query or spaces");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +242,28 @@ mod tests {
         assert!(c.peers.is_empty());
         assert_eq!(c.heartbeat_timeout.0, std::time::Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(!c.join);
+        assert_eq!(c.raft.snapshot_logs, 1000);
+        let bound: std::net::SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(c.advertised_rest_url(bound), "http://127.0.0.1:8081");
+    }
+
+    #[test]
+    fn load_rest_url_and_join_flags() {
+        let flags = Overrides {
+            rest_url: Some("http://jm-1.example:8081/".into()),
+            join: true,
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &HashMap::new(), flags).unwrap();
+        assert!(c.join);
+        let bound: std::net::SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        assert_eq!(c.advertised_rest_url(bound), "http://jm-1.example:8081");
+        let mut bad = c.clone();
+        bad.rest_url = "jm-1:8081".into();
+        assert!(matches!(bad.validate(), Err(Error::Invalid(_))));
+        bad.rest_url = "http://jm-1:8081/v1".into();
+        assert!(matches!(bad.validate(), Err(Error::Invalid(_))));
     }
 
     #[test]

@@ -5,11 +5,10 @@
 use crate::cluster_state::{ClusterState, Command, Rejection, RejectionKind};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::raft::{Raft, Shared};
+use crate::raft::{Contacts, Node, Raft, Shared};
 use crate::taskmanagers::Registry;
 use eddy_proto::v1 as pb;
 use eddy_sdk::{ApiError, ErrorCode};
-use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
 use pb::task_manager_service_client::TaskManagerServiceClient;
 use std::collections::HashMap;
@@ -30,7 +29,7 @@ pub enum WriteError {
     #[error("{0}")]
     Rejected(#[from] Rejection),
     #[error("raft write failed")]
-    Raft(#[source] RaftError<u64, ClientWriteError<u64, BasicNode>>),
+    Raft(#[source] RaftError<u64, ClientWriteError<u64, Node>>),
 }
 
 impl WriteError {
@@ -49,7 +48,7 @@ impl WriteError {
                     if leader_id.is_some() {
                         ErrorCode::NotLeader
                     } else {
-                        ErrorCode::Unavailable
+                        ErrorCode::NoLeader
                     },
                     message,
                 );
@@ -80,6 +79,10 @@ pub struct Context {
     pub rpc_addr: SocketAddr,
     pub raft: Raft,
     pub shared: Arc<Shared>,
+    /// When each Raft peer last answered this node (meaningful while leading).
+    pub contacts: Arc<Contacts>,
+    /// The HTTP client that forwards writes to the leader.
+    pub http: reqwest::Client,
     registry: Mutex<Registry>,
     /// Wakes the job driver (a registration or a task status arrived).
     pub wake: Notify,
@@ -97,6 +100,7 @@ impl Context {
         rpc_addr: SocketAddr,
         raft: Raft,
         shared: Arc<Shared>,
+        contacts: Arc<Contacts>,
         metrics: Metrics,
     ) -> Self {
         Context {
@@ -106,6 +110,8 @@ impl Context {
             rpc_addr,
             raft,
             shared,
+            contacts,
+            http: crate::rest::forward::client(),
             registry: Mutex::new(Registry::default()),
             wake: Notify::new(),
             metrics,
@@ -141,22 +147,31 @@ impl Context {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// The leader's rpc address, from the Raft membership.
-    pub fn leader_rpc_addr(&self) -> Option<String> {
+    /// The member `id` as the Raft membership records it.
+    pub fn member(&self, id: u64) -> Option<Node> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The leader's rpc address, from the Raft membership.
+    pub fn leader_rpc_addr(&self) -> Option<String> {
+        self.member(self.leader_id()?).map(|n| n.raft_addr)
+    }
+
+    /// The REST URL of member `id`: from the membership, else the one it
+    /// announced in the cluster state (groups started before the membership
+    /// carried REST URLs).
+    pub fn rest_url_of(&self, id: u64) -> Option<String> {
+        self.member(id)
+            .and_then(|n| n.rest_url().map(str::to_string))
+            .or_else(|| self.read(|s| s.jobmanager_rest_urls.get(&id).cloned()))
     }
 
     /// The error for a write attempted on a follower.
     pub fn not_leader(&self) -> WriteError {
         let leader_id = self.leader_id().filter(|id| *id != self.id);
-        let leader_url =
-            leader_id.and_then(|id| self.read(|s| s.jobmanager_rest_urls.get(&id).cloned()));
+        let leader_url = leader_id.and_then(|id| self.rest_url_of(id));
         WriteError::NotLeader {
             leader_id,
             leader_url,

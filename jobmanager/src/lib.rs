@@ -8,7 +8,8 @@
 //! heartbeats (`taskmanagers`).
 //!
 //! Module map: `config` (layered config), `raft` (openraft over redb and
-//! tonic), `cluster_state` (pure state + apply), `scheduler` (pure solve),
+//! tonic), `cluster` (membership changes and the group's status),
+//! `cluster_state` (pure state + apply), `scheduler` (pure solve),
 //! `taskmanagers` (registry), `jobs` (submit/cancel + the leader's driver),
 //! `rpc` (gRPC handlers), `rest` (axum), `metrics`.
 //!
@@ -16,6 +17,7 @@
 //! run the whole process in-process; [`run`] is what `main` calls.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod cluster_state;
 pub mod config;
 pub mod context;
@@ -31,7 +33,6 @@ pub mod taskmanagers;
 use crate::config::Config;
 use crate::context::Context;
 use eddy_proto::v1 as pb;
-use openraft::BasicNode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -88,6 +89,8 @@ pub enum Error {
 pub struct Ready {
     pub id: u64,
     pub rest_addr: String,
+    /// The REST URL this node advertises to the group.
+    pub rest_url: String,
     pub rpc_addr: String,
     pub pid: u32,
 }
@@ -112,19 +115,27 @@ async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr
     Ok((listener, local))
 }
 
-/// The Raft members: the configured peers, or this node alone. This node's
-/// own entry uses its real bound address (port 0 picks one).
-fn members(config: &Config, rpc_addr: SocketAddr) -> Result<BTreeMap<u64, BasicNode>, Error> {
+/// The initial Raft members: the configured peers, or this node alone. This
+/// node's own entry carries its REST URL (the others announce theirs once
+/// the group runs) and, alone, its real bound address (port 0 picks one).
+fn members(
+    config: &Config,
+    rpc_addr: SocketAddr,
+    rest_url: &str,
+) -> Result<BTreeMap<u64, raft::Node>, Error> {
     let peers = config.peer_map()?;
     if !peers.is_empty() && !peers.contains_key(&config.id) {
         return Err(Error::NotAPeer { id: config.id });
     }
-    let mut members: BTreeMap<u64, BasicNode> = peers
+    let mut members: BTreeMap<u64, raft::Node> = peers
         .into_iter()
-        .map(|(id, addr)| (id, BasicNode::new(addr)))
+        .map(|(id, addr)| (id, raft::Node::new(addr, "")))
         .collect();
     if members.len() <= 1 {
-        members.insert(config.id, BasicNode::new(rpc_addr.to_string()));
+        members.insert(config.id, raft::Node::new(rpc_addr.to_string(), ""));
+    }
+    if let Some(own) = members.get_mut(&config.id) {
+        own.rest_url = rest_url.to_string();
     }
     Ok(members)
 }
@@ -141,18 +152,27 @@ impl JobManager {
         })?;
         let (rest_listener, rest_addr) = bind("REST", &config.rest_addr).await?;
         let (rpc_listener, rpc_addr) = bind("rpc", &config.rpc_addr).await?;
-        let members = members(&config, rpc_addr)?;
+        let rest_url = config.advertised_rest_url(rest_addr);
+        let options = raft::Options {
+            node_id: config.id,
+            members: members(&config, rpc_addr, &rest_url)?,
+            join: config.join,
+            snapshot_logs: config.raft.snapshot_logs,
+            keep_logs: config.raft.keep_logs,
+        };
         let shared = Arc::new(raft::Shared::default());
-        let raft = raft::start(config.id, &config.data_dir, members, shared.clone()).await?;
+        let contacts = Arc::new(raft::Contacts::default());
+        let raft = raft::start(options, &config.data_dir, shared.clone(), contacts.clone()).await?;
 
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = metrics::Metrics::new(&mut registry);
         let ctx = Arc::new(Context::new(
             config.clone(),
-            format!("http://{rest_addr}"),
+            rest_url,
             rpc_addr,
             raft.clone(),
             shared,
+            contacts,
             metrics,
         ));
         let (stop, stop_rx) = watch::channel(false);
@@ -212,6 +232,7 @@ impl JobManager {
         let ready = Ready {
             id: config.id,
             rest_addr: rest_addr.to_string(),
+            rest_url: ctx.rest_url.clone(),
             rpc_addr: rpc_addr.to_string(),
             pid: std::process::id(),
         };

@@ -20,6 +20,10 @@ struct Cli {
     /// REST address, e.g. 127.0.0.1:8081 (port 0 picks a free port).
     #[arg(long)]
     rest_addr: Option<String>,
+    /// The REST URL others reach this JobManager at (default: http:// + the
+    /// bound REST address).
+    #[arg(long)]
+    rest_url: Option<String>,
     /// gRPC address for TaskManagers and Raft (port 0 picks a free port).
     #[arg(long)]
     rpc_addr: Option<String>,
@@ -29,6 +33,10 @@ struct Cli {
     /// Raft peers as id=host:port, comma-separated.
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Do not create a Raft group: wait for an existing group's leader to add
+    /// this node (`eddy cluster add`).
+    #[arg(long)]
+    join: bool,
     /// Declare a TaskManager lost after this long without a heartbeat (e.g. 10s).
     #[arg(long)]
     heartbeat_timeout: Option<HumanDuration>,
@@ -45,8 +53,10 @@ async fn main() -> anyhow::Result<()> {
         id: cli.id,
         data_dir: cli.data_dir,
         rest_addr: cli.rest_addr,
+        rest_url: cli.rest_url,
         rpc_addr: cli.rpc_addr,
         peers: cli.peers,
+        join: cli.join,
         heartbeat_timeout: cli.heartbeat_timeout,
     };
     let config = Config::load(cli.config.as_deref(), &env, overrides)

@@ -2,7 +2,7 @@
 //! `eddy_jobmanager_`. Gauges are refreshed by the job driver on each tick;
 //! the REST request counter is incremented by the REST middleware.
 
-use eddy_sdk::rest::JobState;
+use eddy_sdk::rest::{ClusterStatus, JobState};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,7 +19,10 @@ pub struct Metrics {
     pub raft_term: Gauge,
     pub raft_is_leader: Gauge,
     pub raft_leader_id: Gauge,
-    pub raft_applied_index: Gauge,
+    pub raft_commit_index: Gauge,
+    pub raft_last_applied: Gauge,
+    /// The leader's view of each member's log (`peer` label); empty elsewhere.
+    pub raft_matched_index: Family<Labels, Gauge>,
     pub rest_requests: Family<Labels, Counter>,
     /// Checkpoints by job and outcome (`completed`, `failed`).
     pub checkpoints: Family<Labels, Counter>,
@@ -54,7 +57,9 @@ impl Metrics {
             raft_term: Gauge::default(),
             raft_is_leader: Gauge::default(),
             raft_leader_id: Gauge::default(),
-            raft_applied_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_last_applied: Gauge::default(),
+            raft_matched_index: Family::default(),
             rest_requests: Family::default(),
             checkpoints: Family::default(),
             last_checkpoint_duration_ms: Family::default(),
@@ -121,9 +126,19 @@ impl Metrics {
             m.raft_leader_id.clone(),
         );
         r.register(
-            "raft_applied_index",
+            "raft_commit_index",
+            "Index of the last log entry known committed by a quorum",
+            m.raft_commit_index.clone(),
+        );
+        r.register(
+            "raft_last_applied",
             "Index of the last committed log entry applied here",
-            m.raft_applied_index.clone(),
+            m.raft_last_applied.clone(),
+        );
+        r.register(
+            "raft_matched_index",
+            "The last log index each member holds, as the leader knows it (leader only)",
+            m.raft_matched_index.clone(),
         );
         r.register(
             "rest_requests",
@@ -140,6 +155,28 @@ impl Metrics {
             self.jobs
                 .get_or_create(&vec![("state".to_string(), state.as_str().to_string())])
                 .set(i64::from(n));
+        }
+    }
+
+    /// Sets the Raft gauges from this node's view of the group.
+    pub fn set_raft(&self, status: &ClusterStatus) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft_term.set(gauge(status.term));
+        self.raft_is_leader
+            .set(i64::from(status.leader == Some(status.this_node)));
+        self.raft_leader_id.set(status.leader.map_or(0, gauge));
+        self.raft_commit_index
+            .set(status.commit_index.map_or(0, gauge));
+        self.raft_last_applied
+            .set(status.last_applied.map_or(0, gauge));
+        // Members leave and leadership moves: rebuild the family each time.
+        self.raft_matched_index.clear();
+        for member in &status.members {
+            if let Some(index) = member.matched_index {
+                self.raft_matched_index
+                    .get_or_create(&vec![("peer".to_string(), member.id.to_string())])
+                    .set(gauge(index));
+            }
         }
     }
 

@@ -3,9 +3,9 @@
 
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::rest::{
-    CheckpointStats, ExceptionList, JobDetail, JobList, OperationAccepted, Overview,
-    SavepointOperation, SavepointRequest, StopRequest, SubmitQuery, SubmitResponse,
-    TaskManagerList,
+    AddMemberRequest, CheckpointStats, ClusterStatus, ExceptionList, JobDetail, JobList,
+    OperationAccepted, Overview, SavepointOperation, SavepointRequest, StopRequest, SubmitQuery,
+    SubmitResponse, TaskManagerList,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -166,6 +166,31 @@ impl Client {
     pub async fn savepoint_status(&self, id: &str, request_id: &str) -> Result<SavepointOperation> {
         self.get(&format!("/v1/jobs/{id}/savepoints/{request_id}"))
             .await
+    }
+
+    /// The Raft group as the JobManager at this URL sees it.
+    pub async fn cluster(&self) -> Result<ClusterStatus> {
+        self.get("/v1/cluster").await
+    }
+
+    /// Adds a JobManager started with `--join` to the group; returns once it
+    /// is a voter (any JobManager accepts this: followers forward it).
+    pub async fn add_member(&self, member: &AddMemberRequest) -> Result<ClusterStatus> {
+        let url = format!("{}/v1/cluster/members", self.base);
+        // Adding waits until the new member caught up with the log.
+        let request = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(300))
+            .json(member);
+        Self::send(url, request).await
+    }
+
+    /// Removes a member from the group (the leader included: it steps down).
+    pub async fn remove_member(&self, id: u64) -> Result<ClusterStatus> {
+        let url = format!("{}/v1/cluster/members/{id}", self.base);
+        let request = self.http.delete(&url);
+        Self::send(url, request).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     Conflict,
     /// This JobManager is not the leader; the body names the leader if known.
     NotLeader,
+    /// No JobManager leads right now (an election is under way, or the group
+    /// lost its quorum): retry after the `Retry-After` header's seconds.
+    NoLeader,
     /// Temporarily unable to serve (no leader, shutting down): retry later.
     Unavailable,
     /// A bug or an unexpected failure on the server side.
@@ -30,6 +33,19 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order the REST reference lists them.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidSpec,
+        ErrorCode::InsufficientSlots,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::NotLeader,
+        ErrorCode::NoLeader,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -38,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotLeader => "not_leader",
+            ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -50,7 +67,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::NotLeader => 421,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::NoLeader | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -61,7 +78,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::InvalidSpec | ErrorCode::InsufficientSlots => 2,
             ErrorCode::NotFound => 3,
             ErrorCode::Conflict => 4,
-            ErrorCode::NotLeader | ErrorCode::Unavailable => 5,
+            ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::Unavailable => 5,
             ErrorCode::Internal => 6,
         }
     }
@@ -74,8 +91,8 @@ impl ErrorCode {
             ErrorCode::InsufficientSlots => 8,                   // RESOURCE_EXHAUSTED
             ErrorCode::NotFound => 5,                            // NOT_FOUND
             ErrorCode::Conflict => 9,                            // FAILED_PRECONDITION
-            ErrorCode::NotLeader | ErrorCode::Unavailable => 14, // UNAVAILABLE
-            ErrorCode::Internal => 13,                           // INTERNAL
+            ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::Unavailable => 14, // UNAVAILABLE
+            ErrorCode::Internal => 13,                                                 // INTERNAL
         }
     }
 }

@@ -461,3 +461,108 @@ pub struct SubmitQuery {
     #[serde(default)]
     pub allow_non_restored_state: bool,
 }
+
+/// Response header of every JobManager answer: the id of the leader as the
+/// answering node knows it (absent while no leader is known).
+pub const LEADER_ID_HEADER: &str = "x-eddy-leader-id";
+/// Response header of every JobManager answer: the answering node's role
+/// (`leader`, `follower`, `learner`, `candidate`). A follower's reads may lag
+/// the leader by the replication delay.
+pub const ROLE_HEADER: &str = "x-eddy-role";
+/// Request header a follower sets (its id) on a write it forwards to the
+/// leader; a node never forwards such a request again.
+pub const FORWARDED_BY_HEADER: &str = "x-eddy-forwarded-by";
+/// Response header of a forwarded write: the id of the leader that answered.
+pub const FORWARDED_TO_HEADER: &str = "x-eddy-forwarded-to";
+
+/// A JobManager's role in the Raft group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Leader,
+    Follower,
+    /// Receives the log but does not vote (being added, or not yet added).
+    Learner,
+    /// Asking for votes: no leader is known to it.
+    Candidate,
+    /// Stopping.
+    Shutdown,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Leader => "leader",
+            MemberRole::Follower => "follower",
+            MemberRole::Learner => "learner",
+            MemberRole::Candidate => "candidate",
+            MemberRole::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /v1/cluster`: the Raft group as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader's id, when one is known.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The answering node's id and role.
+    pub this_node: u64,
+    pub role: MemberRole,
+    /// The last log index known committed by a quorum.
+    pub commit_index: Option<u64>,
+    /// The last log index applied to this node's state (what its reads see).
+    pub last_applied: Option<u64>,
+    /// The last log index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// This node's latest snapshot, if it built or received one.
+    pub snapshot: Option<SnapshotInfo>,
+    /// Every voter and learner, by id.
+    pub members: Vec<MemberInfo>,
+}
+
+/// The latest snapshot of a node's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub last_log_index: u64,
+    pub last_log_term: u64,
+    /// Log entries up to this index are purged (a member behind it catches
+    /// up from the snapshot).
+    pub purged_index: Option<u64>,
+}
+
+/// One member of the Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub role: MemberRole,
+    /// Its REST URL, once it announced one.
+    pub rest_url: Option<String>,
+    pub raft_addr: String,
+    /// Milliseconds since it last answered the leader (null unless the
+    /// answering node leads, and for the leader itself).
+    pub last_contact_ms: Option<u64>,
+    /// The last log index the leader knows it holds (null unless the
+    /// answering node leads).
+    pub matched_index: Option<u64>,
+}
+
+/// `POST /v1/cluster/members`: add a JobManager (started with `--join`) to
+/// the group, first as a learner, then as a voter once it caught up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    /// Its Raft id (its config's `id`), not 0.
+    pub id: u64,
+    /// `host:port` of its gRPC server (its `rpc-addr`).
+    pub raft_addr: String,
+    /// `http://host:port` of its REST API.
+    pub rest_url: String,
+}

@@ -69,7 +69,9 @@ pub enum Command {
     },
     /// A user asked to cancel the job.
     CancelJob { id: JobId, time_ms: i64 },
-    /// A JobManager announces its REST URL (when it becomes leader).
+    /// A JobManager announces its REST URL. Written by 0.1 JobManagers; the
+    /// Raft membership carries REST URLs now, and this is only applied when
+    /// an old log is replayed.
     SetJobManagerRestUrl { node: u64, url: String },
     /// The leader may trigger checkpoints of `job` with ids up to `up_to`; a
     /// later leader starts after it, so an id is never used twice.

@@ -146,8 +146,9 @@ impl JobRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub jobs: BTreeMap<JobId, JobRecord>,
-    /// The REST URL each JobManager announced when it became leader, so a
-    /// follower can redirect writes to the leader.
+    /// The REST URL each JobManager announced when it became leader, in logs
+    /// written before the Raft membership carried REST URLs: a fallback for
+    /// a member whose membership entry has none yet.
     pub jobmanager_rest_urls: BTreeMap<u64, String>,
     /// Each job's checkpoint catalog (`checkpoints`).
     #[serde(default)]

@@ -3,21 +3,24 @@
 //! starting a node.
 //!
 //! On first start (no Raft state on disk) the member with the lowest id
-//! initializes the group with the configured members; on restart the state
-//! comes from the log and nothing is re-initialized.
+//! initializes the group with the configured members, unless the node was
+//! started to join (`join = true`): then it initializes nothing and waits
+//! for the leader to add it (`POST /v1/cluster/members`). On restart the
+//! state comes from the log and nothing is re-initialized.
 
 // openraft's `StorageError` is large by design and its storage traits
 // return it, so the storage code cannot box it.
 #[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+pub mod node;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 #[cfg(test)]
 mod store_test;
 
 use crate::cluster_state::{Command, Response};
-use openraft::{AnyError, BasicNode, SnapshotPolicy, StorageError};
+use openraft::{AnyError, SnapshotPolicy, StorageError};
 use redb::Database;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,17 +28,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use log_store::LogStore;
-pub use network::{NetworkFactory, RaftServer};
+pub use network::{Contacts, NetworkFactory, RaftServer};
+pub use node::Node;
 pub use state_machine::{Shared, StateMachine};
 
 openraft::declare_raft_types!(
-    /// Eddy's Raft types: u64 node ids, nodes addressed by their rpc-addr,
-    /// cluster-state commands as the log payload.
+    /// Eddy's Raft types: u64 node ids, nodes with their rpc-addr and REST
+    /// URL, cluster-state commands as the log payload.
     pub TypeConfig:
         D = Command,
         R = Response,
         NodeId = u64,
-        Node = BasicNode,
+        Node = node::Node,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
@@ -60,8 +64,7 @@ pub enum Error {
     Start(#[source] Box<openraft::error::Fatal<u64>>),
     #[error("cannot initialize the raft group")]
     Initialize(
-        #[source]
-        Box<openraft::error::RaftError<u64, openraft::error::InitializeError<u64, BasicNode>>>,
+        #[source] Box<openraft::error::RaftError<u64, openraft::error::InitializeError<u64, Node>>>,
     ),
 }
 
@@ -87,15 +90,37 @@ async fn open_db(path: &Path) -> Result<Database, Error> {
     }
 }
 
+/// How a node starts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub node_id: u64,
+    /// The initial members (used on first start only).
+    pub members: BTreeMap<u64, Node>,
+    /// Never initialize a group: wait to be added by the leader.
+    pub join: bool,
+    /// Build a snapshot (and purge the log) every this many applied entries.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind the latest snapshot, so a slightly lagging
+    /// follower catches up from the log instead of a snapshot.
+    pub keep_logs: u64,
+}
+
 /// Starts this node's Raft: opens the storage in `data_dir`, and on first
-/// start initializes the group with `members` (id -> rpc-addr) if this node
-/// has the lowest id among them.
+/// start initializes the group with `members` if this node has the lowest id
+/// among them and was not started to join.
 pub async fn start(
-    node_id: u64,
+    options: Options,
     data_dir: &Path,
-    members: BTreeMap<u64, BasicNode>,
     shared: Arc<Shared>,
+    contacts: Arc<Contacts>,
 ) -> Result<Raft, Error> {
+    let Options {
+        node_id,
+        members,
+        join,
+        snapshot_logs,
+        keep_logs,
+    } = options;
     let path = data_dir.join("raft.redb");
     let db = Arc::new(open_db(&path).await?);
     let open_err = |source: redb::Error| Error::Open {
@@ -109,18 +134,24 @@ pub async fn start(
         heartbeat_interval: 250,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: keep_logs,
         ..Default::default()
     }
     .validate()?;
     let fatal = |e| Error::Start(Box::new(e));
-    let raft = Raft::new(node_id, Arc::new(config), NetworkFactory, log_store, sm)
+    let network = NetworkFactory::new(contacts);
+    let raft = Raft::new(node_id, Arc::new(config), network, log_store, sm)
         .await
         .map_err(fatal)?;
     let initialized = raft.is_initialized().await.map_err(fatal)?;
     let first = members.keys().next().copied();
-    if !initialized && first == Some(node_id) {
+    if !initialized && join {
+        tracing::info!(
+            node_id,
+            "started to join: waiting for the leader to add this node"
+        );
+    } else if !initialized && first == Some(node_id) {
         tracing::info!(node_id, members = ?members.keys().collect::<Vec<_>>(), "initializing the raft group");
         match raft.initialize(members).await {
             Ok(()) => {}

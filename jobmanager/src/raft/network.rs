@@ -3,10 +3,15 @@
 //! Payloads are openraft's own request types and `Result<response,
 //! RaftError>` serialized as JSON, so openraft owns their shape and a remote
 //! Raft error arrives as the same typed error it was on the other node.
+//!
+//! [`Contacts`] remembers when each peer last answered an AppendEntries
+//! (heartbeats included): the leader's view of its followers, which openraft
+//! 0.9's metrics do not carry.
 
-use super::{Raft, TypeConfig};
+use super::{Node, Raft, TypeConfig};
 use eddy_proto::v1 as pb;
 use eddy_sdk::server::rpc;
+use openraft::RPCTypes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -15,27 +20,62 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RPCTypes};
 use pb::raft_service_client::RaftServiceClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+
+/// When each peer last answered an AppendEntries sent by this node.
+#[derive(Debug, Default)]
+pub struct Contacts {
+    last: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Contacts {
+    fn record(&self, peer: u64) {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    /// How long ago `peer` last answered, if it ever did.
+    pub fn since(&self, peer: u64) -> Option<Duration> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .map(Instant::elapsed)
+    }
+}
 
 /// Creates one client per target node.
 #[derive(Clone, Debug, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    contacts: Arc<Contacts>,
+}
+
+impl NetworkFactory {
+    pub fn new(contacts: Arc<Contacts>) -> Self {
+        NetworkFactory { contacts }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkClient;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> NetworkClient {
-        let client = rpc::connect(&node.addr)
+    async fn new_client(&mut self, target: u64, node: &Node) -> NetworkClient {
+        let client = rpc::connect(&node.raft_addr)
             .map(RaftServiceClient::new)
             .map_err(|e| e.to_string());
         NetworkClient {
             target,
-            addr: node.addr.clone(),
+            addr: node.raft_addr.clone(),
             client,
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -46,6 +86,7 @@ pub struct NetworkClient {
     addr: String,
     /// A malformed address stays an error on every call (reported as unreachable).
     client: Result<RaftServiceClient<Channel>, String>,
+    contacts: Arc<Contacts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +99,7 @@ impl NetworkClient {
         action: RPCTypes,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, BasicNode, E>>
+    ) -> Result<Resp, RPCError<u64, Node, E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -123,8 +164,12 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
+        let response = self.call(RPCTypes::AppendEntries, &rpc, &option).await;
+        if response.is_ok() {
+            self.contacts.record(self.target);
+        }
+        response
     }
 
     async fn install_snapshot(
@@ -133,7 +178,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, Node, RaftError<u64, InstallSnapshotError>>,
     > {
         self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
     }
@@ -142,7 +187,7 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Node, RaftError<u64>>> {
         self.call(RPCTypes::Vote, &rpc, &option).await
     }
 }

@@ -6,12 +6,12 @@
 //! the committed log entries openraft re-applies after it.
 
 use super::log_store::blocking;
-use super::{StorageResult, TypeConfig, io_err};
+use super::{Node, StorageResult, TypeConfig, io_err};
 use crate::cluster_state::{ClusterState, Response};
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -47,14 +47,14 @@ impl Shared {
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, Node>,
     state: ClusterState,
 }
 
 /// A snapshot as stored in redb.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
+    meta: SnapshotMeta<u64, Node>,
     data: Vec<u8>,
 }
 
@@ -62,7 +62,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     shared: Arc<Shared>,
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, Node>,
 }
 
 fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, redb::Error> {
@@ -168,7 +168,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+    ) -> StorageResult<(Option<LogId<u64>>, StoredMembership<u64, Node>)> {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
@@ -218,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
+        meta: &SnapshotMeta<u64, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();

@@ -1,6 +1,6 @@
 //! One function per REST route.
 
-use super::{MAX_BODY_BYTES, RestError, views};
+use super::{RestError, views};
 use crate::context::{Context, now_ms};
 use crate::jobs;
 use axum::Json;
@@ -86,24 +86,7 @@ pub async fn submit_job(
             format!("bad query string: {}", e.body_text()),
         )
     })?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            RestError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::BadRequest,
-                format!(
-                    "request body exceeds {} MiB",
-                    MAX_BODY_BYTES / (1024 * 1024)
-                ),
-            )
-        } else {
-            RestError::new(
-                rejection.status(),
-                ErrorCode::BadRequest,
-                rejection.body_text(),
-            )
-        }
-    })?;
+    let body = body.map_err(super::body_error)?;
     let text = std::str::from_utf8(&body).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -181,5 +164,22 @@ mod tests {
                 .map(|k| k.as_str().unwrap())
                 .collect();
         assert_eq!(kinds, eddy_sdk::spec::NodeKind::ALL);
+    }
+
+    /// The OpenAPI document lists exactly the error codes of the table.
+    #[test]
+    fn openapi_error_codes_match_the_table() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let table: Vec<&str> = eddy_sdk::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(codes, table);
     }
 }

@@ -1,23 +1,28 @@
 //! The REST API under `/v1` (axum), `/v1/openapi.json` and `/metrics`.
 //!
-//! Handlers only convert: parse the request, call `jobs` or read the state,
-//! build the body with `views`. Every error, including axum's own
+//! Handlers only convert: parse the request, call `jobs` (or `cluster`) or
+//! read the state, build the body with `views`. Any node answers: `forward`
+//! sends writes on to the leader and tags every answer with the node's
+//! role. Every error, including axum's own
 //! rejections, unknown routes, wrong methods and oversized bodies, answers
 //! `{"error": {"code", "message", ...}}` with a 4xx status; bad input never
 //! produces a 500.
 
 pub mod checkpoint_views;
+mod cluster_handlers;
+pub mod forward;
 mod handlers;
 mod state_handlers;
 pub mod views;
 
 use crate::context::Context;
 use axum::Router;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use eddy_sdk::error::ErrorBody;
 use eddy_sdk::{ApiError, ErrorCode};
 use prometheus_client::registry::Registry;
@@ -52,7 +57,40 @@ impl RestError {
 
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorBody { error: self.error })).into_response()
+        let retry = forward::retry_after(self.status);
+        let mut response =
+            (self.status, axum::Json(ErrorBody { error: self.error })).into_response();
+        if let Some(seconds) = retry {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds);
+        }
+        response
+    }
+}
+
+/// The answer to a body over [`MAX_BODY_BYTES`].
+pub(crate) fn body_too_large() -> RestError {
+    RestError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::BadRequest,
+        format!(
+            "request body exceeds {} MiB",
+            MAX_BODY_BYTES / (1024 * 1024)
+        ),
+    )
+}
+
+/// The answer to a body axum could not read.
+pub(crate) fn body_error(rejection: BytesRejection) -> RestError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large()
+    } else {
+        RestError::new(
+            rejection.status(),
+            ErrorCode::BadRequest,
+            rejection.body_text(),
+        )
     }
 }
 
@@ -81,12 +119,26 @@ pub fn router(ctx: Arc<Context>, registry: Arc<Registry>) -> Router {
             "/v1/jobs/{id}/savepoints/{request_id}",
             get(state_handlers::savepoint_status),
         )
+        .route("/v1/cluster", get(cluster_handlers::status))
+        .route("/v1/cluster/members", post(cluster_handlers::add_member))
+        .route(
+            "/v1/cluster/members/{id}",
+            delete(cluster_handlers::remove_member),
+        )
         .route("/v1/openapi.json", get(handlers::openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            forward::forward_writes,
+        ))
         .with_state(ctx.clone());
     api.merge(eddy_sdk::server::metrics::router(registry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            forward::role_headers,
+        ))
         .layer(axum::middleware::from_fn_with_state(ctx, count_requests))
 }
 

@@ -1,6 +1,6 @@
 //! The `eddy` command line: a REST client of the JobManager (`submit`, `list`,
 //! `status`, `cancel`, `savepoint`, `stop`, `checkpoints`, `exceptions`,
-//! `overview`, `taskmanagers`) and `eddy local`, which runs
+//! `overview`, `taskmanagers`, `cluster`) and `eddy local`, which runs
 //! a whole cluster on this machine as separate processes.
 //!
 //! Exit codes: 0 success, 1 a local failure (unreadable file, no server), and
@@ -9,6 +9,7 @@
 mod bench;
 mod cluster;
 mod local;
+mod members;
 mod render;
 mod savepoint;
 
@@ -85,6 +86,8 @@ enum Command {
     Overview,
     /// List TaskManagers.
     Taskmanagers,
+    /// The JobManager group: status (default), `add` or `remove` a member.
+    Cluster(members::ClusterArgs),
     /// Run a JobManager and TaskManagers on this machine as separate processes.
     Local(local::LocalArgs),
     /// Run the Nexmark suite on a local cluster and report throughput,
@@ -216,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", render::taskmanagers(&tms));
             }
         }
+        Command::Cluster(args) => members::run(&client, args, cli.json).await?,
         Command::Local(args) => local::run(args).await?,
         Command::Bench(args) => bench::run(args).await?,
     }

@@ -37,6 +37,9 @@ use tracing::{error, info, warn};
 /// so this bounds its rate.
 const MIN_STEP_GAP: Duration = Duration::from_millis(20);
 
+/// Least time between two attempts to announce this node's REST URL.
+const ANNOUNCE_GAP: Duration = Duration::from_secs(2);
+
 /// What the leader knows about one placement's subtask.
 #[derive(Clone, Debug)]
 enum Presence {
@@ -64,6 +67,7 @@ pub struct Driver {
     /// The checkpoint coordinators of running jobs (`None` when another
     /// driver of this process took the hub's events: tests only).
     checkpoints: Option<Service>,
+    last_announce: Option<Instant>,
 }
 
 impl Driver {
@@ -72,6 +76,7 @@ impl Driver {
             checkpoints: Service::new(ctx.clone()),
             ctx,
             leadership: None,
+            last_announce: None,
         }
     }
 
@@ -97,7 +102,8 @@ impl Driver {
 
     /// One pass over the cluster.
     pub async fn step(&mut self) {
-        self.refresh_metrics();
+        self.refresh_metrics().await;
+        self.announce().await;
         if !self.ctx.is_leader() {
             if self.leadership.take().is_some() {
                 info!("no longer the leader; job driver idle");
@@ -123,7 +129,6 @@ impl Driver {
                 stray_cancel_sent: HashMap::new(),
                 missing_since: HashMap::new(),
             });
-            self.announce_rest_url().await;
         }
         self.expire_taskmanagers().await;
         self.cancel_stray_tasks();
@@ -165,40 +170,36 @@ impl Driver {
             .map_or_else(Instant::now, |l| l.since)
     }
 
-    async fn announce_rest_url(&self) {
-        let known = self
-            .ctx
-            .read(|s| s.jobmanager_rest_urls.get(&self.ctx.id).cloned());
-        if known.as_deref() != Some(self.ctx.rest_url.as_str()) {
-            let cmd = Command::SetJobManagerRestUrl {
-                node: self.ctx.id,
-                url: self.ctx.rest_url.clone(),
-            };
-            if let Err(e) = self.ctx.write(cmd).await {
-                warn!(error = %e, "cannot announce this jobmanager's REST URL");
+    /// Makes sure the membership records this node's REST URL (at most
+    /// every [`ANNOUNCE_GAP`] while it differs).
+    async fn announce(&mut self) {
+        if self
+            .last_announce
+            .is_some_and(|at| at.elapsed() < ANNOUNCE_GAP)
+        {
+            return;
+        }
+        match crate::cluster::announce_self(&self.ctx).await {
+            Ok(false) => return,
+            Ok(true) => {
+                info!(rest_url = %self.ctx.rest_url, "announced this jobmanager's REST URL")
+            }
+            // No leader yet, or another membership change (often another
+            // node's announcement) is in progress: the next attempt will do.
+            Err(crate::cluster::AnnounceError::LeaderUnknown)
+            | Err(crate::cluster::AnnounceError::Refused { status: 409, .. }) => {}
+            Err(e) => {
+                let chain = eddy_sdk::error::error_chain(&e);
+                warn!(error = ?chain, "cannot announce this jobmanager's REST URL; retrying");
             }
         }
+        self.last_announce = Some(Instant::now());
     }
 
-    fn refresh_metrics(&self) {
+    async fn refresh_metrics(&self) {
         let ctx = &self.ctx;
         let m = &ctx.metrics;
-        {
-            let raft = ctx.raft.metrics();
-            let raft = raft.borrow();
-            m.raft_term
-                .set(i64::try_from(raft.current_term).unwrap_or(i64::MAX));
-            m.raft_is_leader
-                .set(i64::from(raft.current_leader == Some(ctx.id)));
-            m.raft_leader_id.set(
-                raft.current_leader
-                    .and_then(|id| i64::try_from(id).ok())
-                    .unwrap_or(0),
-            );
-            let applied = raft.last_applied.map_or(0, |l| l.index);
-            m.raft_applied_index
-                .set(i64::try_from(applied).unwrap_or(i64::MAX));
-        }
+        m.set_raft(&crate::cluster::status(ctx).await);
         let (counts, used) = ctx.read(|s| (s.count_by_state(), s.slots_in_use()));
         m.set_jobs(&counts);
         ctx.registry(|r| {

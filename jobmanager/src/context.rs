@@ -49,7 +49,7 @@ impl WriteError {
                     if leader_id.is_some() {
                         ErrorCode::NotLeader
                     } else {
-                        ErrorCode::Unavailable
+                        ErrorCode::NoLeader
                     },
                     message,
                 );
@@ -131,6 +131,19 @@ impl Context {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
+    }
+
+    /// Whether this leader has applied an entry of its own term. Until
+    /// then the replicated state may still lack entries an earlier leader
+    /// committed (or proposed: a new leader commits them with its first
+    /// entry), so nothing should be decided from it: a checkpoint that
+    /// looks in flight may be about to show up completed.
+    pub fn leadership_settled(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.last_applied
+            .as_ref()
+            .is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
     pub fn term(&self) -> u64 {

@@ -23,7 +23,11 @@ pub enum ErrorCode {
     Conflict,
     /// This JobManager is not the leader; the body names the leader if known.
     NotLeader,
-    /// Temporarily unable to serve (no leader, shutting down): retry later.
+    /// The JobManager group has no leader (an election is under way):
+    /// nothing was done, so any request may be retried.
+    NoLeader,
+    /// Temporarily unable to serve (shutting down, a write whose outcome is
+    /// unknown): retry later.
     Unavailable,
     /// A bug or an unexpected failure on the server side.
     Internal,
@@ -38,6 +42,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NotLeader => "not_leader",
+            ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -50,7 +55,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::NotLeader => 421,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::NoLeader | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -61,7 +66,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::InvalidSpec | ErrorCode::InsufficientSlots => 2,
             ErrorCode::NotFound => 3,
             ErrorCode::Conflict => 4,
-            ErrorCode::NotLeader | ErrorCode::Unavailable => 5,
+            ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::Unavailable => 5,
             ErrorCode::Internal => 6,
         }
     }
@@ -74,8 +79,8 @@ impl ErrorCode {
             ErrorCode::InsufficientSlots => 8,                   // RESOURCE_EXHAUSTED
             ErrorCode::NotFound => 5,                            // NOT_FOUND
             ErrorCode::Conflict => 9,                            // FAILED_PRECONDITION
-            ErrorCode::NotLeader | ErrorCode::Unavailable => 14, // UNAVAILABLE
-            ErrorCode::Internal => 13,                           // INTERNAL
+            ErrorCode::NotLeader | ErrorCode::NoLeader | ErrorCode::Unavailable => 14, // UNAVAILABLE
+            ErrorCode::Internal => 13,                                                 // INTERNAL
         }
     }
 }

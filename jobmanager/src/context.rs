@@ -139,6 +139,19 @@ impl Context {
         m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
     }
 
+    /// Whether this leader has applied an entry of its own term. Until
+    /// then the replicated state may still lack entries an earlier leader
+    /// committed (or proposed: a new leader commits them with its first
+    /// entry), so nothing should be decided from it: a checkpoint that
+    /// looks in flight may be about to show up completed.
+    pub fn leadership_settled(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.last_applied
+            .as_ref()
+            .is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
     }

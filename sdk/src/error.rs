@@ -24,9 +24,11 @@ pub enum ErrorCode {
     /// This JobManager is not the leader; the body names the leader if known.
     NotLeader,
     /// No JobManager leads right now (an election is under way, or the group
-    /// lost its quorum): retry after the `Retry-After` header's seconds.
+    /// lost its quorum): nothing was done, so any request may be retried
+    /// after the `Retry-After` header's seconds.
     NoLeader,
-    /// Temporarily unable to serve (no leader, shutting down): retry later.
+    /// Temporarily unable to serve (shutting down, a write whose outcome is
+    /// unknown): check, then retry later.
     Unavailable,
     /// A bug or an unexpected failure on the server side.
     Internal,

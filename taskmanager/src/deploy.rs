@@ -96,7 +96,7 @@ type Placements = HashMap<(u32, u32), (String, String)>;
 impl Node {
     /// Handles `DeployTasks`. Returns the number of subtasks started.
     pub fn deploy(self: &Arc<Self>, req: pb::DeployTasksRequest) -> Result<usize, Error> {
-        self.observe_term(req.leader_term)?;
+        self.accept_command(req.leader_term, "deploy")?;
         if req.job_id.is_empty() {
             return Err(Error::Invalid("job_id is empty".into()));
         }
@@ -308,7 +308,7 @@ impl Node {
     /// Handles `CancelJob`: cancels the job's subtasks (each reports CANCELED
     /// as it stops) and drops its channels.
     pub fn cancel_job(&self, job_id: &JobId, leader_term: u64) -> Result<usize, StaleTerm> {
-        self.observe_term(leader_term)?;
+        self.accept_command(leader_term, "cancel")?;
         let n = self.tasks.cancel_job(job_id);
         self.registry.remove_job(job_id, None);
         tracing::info!(job_id = %job_id, canceled = n, "canceled job");

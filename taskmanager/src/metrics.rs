@@ -25,6 +25,12 @@ pub struct SubtaskLabels {
     pub subtask: u32,
 }
 
+/// Which JobManager command a counter is about.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum StateLabel {
     Deploying,
@@ -66,6 +72,8 @@ pub struct Metrics {
     pub latency_p99: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub exchange: ExchangeBytes,
     pub rss_bytes: Gauge,
+    /// Commands refused because they came from an older leader term.
+    pub stale_leader_commands: Family<CommandLabels, Counter>,
 }
 
 impl Metrics {
@@ -132,6 +140,11 @@ impl Metrics {
             "rss_bytes",
             "Resident set size of the process",
             m.rss_bytes.clone(),
+        );
+        r.register(
+            "stale_leader_commands",
+            "JobManager commands refused because they carried an older leader term than one already seen",
+            m.stale_leader_commands.clone(),
         );
         (m, r)
     }

@@ -129,7 +129,7 @@ impl Node {
         Ok((Arc::new(node), reports))
     }
 
-    /// Records `term` and refuses it if an newer leader was already seen.
+    /// Records `term` and refuses it if a newer leader was already seen.
     pub fn observe_term(&self, term: u64) -> Result<(), StaleTerm> {
         let highest = self.leader_term.fetch_max(term, Ordering::SeqCst);
         if term < highest {
@@ -137,6 +137,26 @@ impl Node {
         } else {
             Ok(())
         }
+    }
+
+    /// Checks the leader term of a command from a JobManager (deploy,
+    /// cancel, checkpoint trigger or notice): a command from an older term
+    /// than the highest seen comes from a deposed leader (one that was
+    /// paused or cut off while another was elected) and is refused, logged
+    /// and counted in `eddy_taskmanager_stale_leader_commands_total`.
+    pub fn accept_command(&self, term: u64, command: &'static str) -> Result<(), StaleTerm> {
+        self.observe_term(term).inspect_err(|e| {
+            tracing::warn!(
+                command,
+                term = e.term,
+                highest = e.highest,
+                "refused a command from a stale jobmanager leader"
+            );
+            self.metrics
+                .stale_leader_commands
+                .get_or_create(&crate::metrics::CommandLabels { command })
+                .inc();
+        })
     }
 
     pub fn leader_term(&self) -> u64 {

@@ -56,7 +56,7 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
         request: Request<pb::TriggerCheckpointRequest>,
     ) -> Result<Response<pb::TriggerCheckpointResponse>, Status> {
         let req = request.into_inner();
-        self.observe(req.leader_term)?;
+        self.observe(req.leader_term, "trigger_checkpoint")?;
         let kind = match pb::BarrierKind::try_from(req.kind) {
             Ok(pb::BarrierKind::Checkpoint) => BarrierKind::Checkpoint,
             Ok(pb::BarrierKind::Savepoint) => BarrierKind::Savepoint,
@@ -90,7 +90,7 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
         request: Request<pb::CheckpointNotice>,
     ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
         let req = request.into_inner();
-        self.observe(req.leader_term)?;
+        self.observe(req.leader_term, "notify_checkpoint_complete")?;
         let cmd = Command::Complete {
             id: CheckpointId(req.checkpoint_id),
             job_final: req.job_final,
@@ -107,7 +107,7 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
         request: Request<pb::CheckpointNotice>,
     ) -> Result<Response<pb::CheckpointNoticeResponse>, Status> {
         let req = request.into_inner();
-        self.observe(req.leader_term)?;
+        self.observe(req.leader_term, "abort_checkpoint")?;
         tracing::info!(reason = %req.reason, "checkpoint aborted");
         let cmd = Command::Abort(CheckpointId(req.checkpoint_id));
         self.node
@@ -118,9 +118,9 @@ impl pb::task_manager_service_server::TaskManagerService for TaskManagerRpc {
 }
 
 impl TaskManagerRpc {
-    fn observe(&self, term: u64) -> Result<(), Status> {
+    fn observe(&self, term: u64, command: &'static str) -> Result<(), Status> {
         self.node
-            .observe_term(term)
+            .accept_command(term, command)
             .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 }

@@ -1,5 +1,7 @@
-//! The multi-process test harness: starts real `eddy-jobmanager` and
-//! `eddy-taskmanager` processes on loopback ports (port 0 + a ready file),
+//! The multi-process test harness: starts real `eddy-jobmanager` (one, or a
+//! Raft group with `.jobmanagers(3)`, whose rpc ports are picked up front
+//! since every member must know the others') and `eddy-taskmanager`
+//! processes on loopback ports (port 0 + a ready file),
 //! injects faults (SIGKILL, SIGSTOP/SIGCONT, restart), and cleans up.
 //!
 //! Binaries come from `EDDY_BIN_DIR`, else the cargo target directory this
@@ -49,6 +51,8 @@ pub struct Node {
     bin: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// Stopped with SIGSTOP and not resumed.
+    paused: bool,
     /// The ready file's content from the last start.
     pub ready: serde_json::Value,
 }
@@ -61,6 +65,7 @@ impl Node {
             bin,
             args,
             child: None,
+            paused: false,
             ready: serde_json::Value::Null,
         };
         node.spawn()?;
@@ -136,16 +141,31 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
         Ok(())
     }
 
     /// SIGSTOP: the process stops answering but keeps its sockets.
-    pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGSTOP)
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGSTOP)?;
+        self.paused = true;
+        Ok(())
     }
 
-    pub fn resume(&self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGCONT)
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGCONT)?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Started, not killed and not paused: it can answer.
+    pub fn is_live(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+
+    /// `http://<rest_addr>` (JobManagers).
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.ready_str("rest_addr"))
     }
 
     /// Starts the process again with the same arguments and data directory,
@@ -208,6 +228,7 @@ impl Drop for Node {
 
 /// How to start a cluster.
 pub struct ClusterBuilder {
+    jobmanagers: usize,
     taskmanagers: usize,
     slots: u32,
     heartbeat_timeout: String,
@@ -215,6 +236,12 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// JobManagers: 1 (the default) or a Raft group of 3 or 5, with ids
+    /// 1..=n named `jobmanager-<id>`.
+    pub fn jobmanagers(mut self, n: usize) -> Self {
+        self.jobmanagers = n.max(1);
+        self
+    }
     pub fn taskmanagers(mut self, n: usize) -> Self {
         self.taskmanagers = n;
         self
@@ -237,29 +264,52 @@ impl ClusterBuilder {
         init_logging();
         let dir = tempfile::Builder::new().prefix("eddy-test-").tempdir()?;
         let bins = bin_dir();
-        let jm_dir = dir.path().join("jobmanager-1");
-        let jm = Node::start(
-            "jobmanager-1",
-            bins.join("eddy-jobmanager"),
-            vec![
+        // A group's members must know each other's rpc addresses up front.
+        let rpc_addrs: Vec<String> = if self.jobmanagers == 1 {
+            vec!["127.0.0.1:0".into()]
+        } else {
+            free_ports(self.jobmanagers)?
+                .into_iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect()
+        };
+        let peers = rpc_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut jms = Vec::new();
+        for (i, rpc_addr) in rpc_addrs.iter().enumerate() {
+            let name = format!("jobmanager-{}", i + 1);
+            let jm_dir = dir.path().join(&name);
+            let mut args: Vec<String> = vec![
                 "--id".into(),
-                "1".into(),
+                (i + 1).to_string(),
                 "--data-dir".into(),
                 jm_dir.display().to_string(),
                 "--rest-addr".into(),
                 "127.0.0.1:0".into(),
                 "--rpc-addr".into(),
-                "127.0.0.1:0".into(),
+                rpc_addr.clone(),
                 "--heartbeat-timeout".into(),
                 self.heartbeat_timeout.clone(),
                 "--ready-file".into(),
                 jm_dir.join("ready.json").display().to_string(),
-            ],
-            jm_dir,
-        )?;
+            ];
+            if self.jobmanagers > 1 {
+                args.extend(["--peers".into(), peers.clone()]);
+            }
+            jms.push(Node::start(
+                &name,
+                bins.join("eddy-jobmanager"),
+                args,
+                jm_dir,
+            )?);
+        }
         let mut cluster = Cluster {
             dir: Some(dir),
-            jm,
+            jms,
             tms: Vec::new(),
             slots: self.slots,
             kpu_memory: self.kpu_memory,
@@ -272,10 +322,23 @@ impl ClusterBuilder {
     }
 }
 
+/// `n` distinct loopback ports free right now (a JobManager group's rpc
+/// ports, which every member must know before any of them starts).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
 /// A running cluster of real processes.
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
-    pub jm: Node,
+    /// The JobManagers, `jms[i]` with Raft id `i + 1`.
+    pub jms: Vec<Node>,
     pub tms: Vec<Node>,
     slots: u32,
     kpu_memory: Option<String>,
@@ -284,6 +347,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder {
+            jobmanagers: 1,
             taskmanagers: 2,
             slots: 1,
             heartbeat_timeout: "3s".into(),
@@ -298,12 +362,60 @@ impl Cluster {
             .path()
     }
 
+    /// The REST URLs of the JobManagers that can answer (not killed, not
+    /// paused), comma-separated: what a [`Client`] takes.
     pub fn rest_url(&self) -> String {
-        format!("http://{}", self.jm.ready_str("rest_addr"))
+        let live: Vec<String> = self
+            .jms
+            .iter()
+            .filter(|n| n.is_live())
+            .map(Node::rest_url)
+            .collect();
+        if live.is_empty() {
+            // Nothing answers; the first one's URL gives a clear error.
+            return self.jms[0].rest_url();
+        }
+        live.join(",")
     }
 
+    /// A client of every JobManager that can answer.
     pub fn client(&self) -> Client {
         Client::new(&self.rest_url())
+    }
+
+    /// A client of JobManager `jms[i]` alone.
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new(&self.jms[i].rest_url())
+    }
+
+    /// The index in `jms` of the JobManager that says it leads, among those
+    /// that can answer.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in (0..self.jms.len()).filter(|i| self.jms[*i].is_live()) {
+            if let Ok(o) = self.client_of(i).overview().await
+                && o.is_leader
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until a JobManager that can answer leads, other than
+    /// `jms[not]`, and returns its index.
+    pub async fn wait_for_leader(&self, not: Option<usize>) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(i) = self.leader().await
+                && Some(i) != not
+            {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!("no JobManager leads\n{}", self.log_tails(40));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts one more TaskManager (named `taskmanager-<n>`).
@@ -311,18 +423,18 @@ impl Cluster {
         let i = self.tms.len();
         let name = format!("taskmanager-{i}");
         let dir = self.dir().join(&name);
-        let mut args = vec![
-            "--id".to_string(),
-            name.clone(),
-            "--jobmanager".into(),
-            self.jm.ready_str("rpc_addr"),
+        let mut args = vec!["--id".to_string(), name.clone()];
+        for jm in &self.jms {
+            args.extend(["--jobmanager".into(), jm.ready_str("rpc_addr")]);
+        }
+        args.extend([
             "--slots".into(),
             self.slots.to_string(),
             "--data-dir".into(),
             dir.display().to_string(),
             "--ready-file".into(),
             dir.join("ready.json").display().to_string(),
-        ];
+        ]);
         if let Some(m) = &self.kpu_memory {
             args.extend(["--kpu-memory".into(), m.clone()]);
         }
@@ -331,19 +443,27 @@ impl Cluster {
         Ok(self.tms.last_mut().expect("just pushed"))
     }
 
+    /// Waits until the leader counts `n` live TaskManagers (only the
+    /// leader hears from them).
     pub async fn wait_for_taskmanagers(&self, n: usize) -> anyhow::Result<()> {
-        let client = self.client();
+        let clients: Vec<Client> = (0..self.jms.len())
+            .filter(|i| self.jms[*i].is_live())
+            .map(|i| self.client_of(i))
+            .collect();
         self.wait_until(
             Duration::from_secs(60),
             &format!("{n} TaskManagers registered"),
             || {
-                let client = client.clone();
+                let clients = clients.clone();
                 async move {
-                    Ok(client
-                        .overview()
-                        .await
-                        .map(|o| o.taskmanagers as usize >= n)
-                        .unwrap_or(false))
+                    for c in &clients {
+                        if let Ok(o) = c.overview().await
+                            && o.is_leader
+                        {
+                            return Ok(o.taskmanagers as usize >= n);
+                        }
+                    }
+                    Ok(false)
                 }
             },
         )
@@ -413,7 +533,8 @@ impl Cluster {
     }
 
     pub fn log_tails(&self, lines: usize) -> String {
-        std::iter::once(&self.jm)
+        self.jms
+            .iter()
             .chain(self.tms.iter())
             .map(|n| n.log_tail(lines))
             .collect::<Vec<_>>()
@@ -426,7 +547,9 @@ impl Drop for Cluster {
         for tm in &mut self.tms {
             let _ = tm.kill9();
         }
-        let _ = self.jm.kill9();
+        for jm in &mut self.jms {
+            let _ = jm.kill9();
+        }
         if std::env::var("EDDY_TEST_KEEP").is_ok_and(|v| v == "1")
             && let Some(dir) = self.dir.take()
         {

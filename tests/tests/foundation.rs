@@ -202,9 +202,9 @@ async fn jobmanager_restart_keeps_the_job_list() -> anyhow::Result<()> {
     let before = cluster.client().jobs().await?;
 
     info!("--- SIGKILL and restart the JobManager");
-    cluster.jm.kill9()?;
+    cluster.jms[0].kill9()?;
     // Keep the same REST port so the client URL stays valid.
-    cluster.jm.restart()?;
+    cluster.jms[0].restart()?;
     let after = cluster.client().jobs().await?;
     assert_eq!(after.jobs.len(), before.jobs.len());
     let j = after
@@ -395,8 +395,8 @@ async fn jobmanager_restart_keeps_running_tasks_running() -> anyhow::Result<()> 
     let before = cluster.client().job(&job.job_id).await?;
 
     info!("--- SIGKILL and restart the JobManager while the job runs");
-    cluster.jm.kill9()?;
-    cluster.jm.restart()?;
+    cluster.jms[0].kill9()?;
+    cluster.jms[0].restart()?;
     cluster.wait_for_taskmanagers(2).await?;
     let client = cluster.client();
     let job_id = job.job_id.clone();

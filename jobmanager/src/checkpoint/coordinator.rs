@@ -144,6 +144,12 @@ pub struct Coordinator {
     stopped: bool,
     /// A checkpoint is wanted now, before the interval is over.
     requested: bool,
+    /// Ids an earlier leader may have triggered without completing them:
+    /// above the catalog's newest checkpoint, below this coordinator's
+    /// first id.
+    inherited: std::ops::Range<u64>,
+    /// Inherited checkpoints already aborted.
+    aborted_inherited: BTreeSet<CheckpointId>,
     stats: Stats,
 }
 
@@ -159,7 +165,10 @@ impl Coordinator {
     ) -> Self {
         let empty = CheckpointCatalog::default();
         let catalog = catalog.unwrap_or(&empty);
+        let newest = catalog.highest_completed().map_or(0, |c| c.0);
         Coordinator {
+            inherited: newest + 1..catalog.next_id().0,
+            aborted_inherited: BTreeSet::new(),
             job,
             settings,
             expected: topology.subtasks(),
@@ -328,6 +337,7 @@ impl Coordinator {
         now_ms: i64,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        actions.extend(self.abort_inherited(id));
         let Some(p) = self.pending.as_mut() else {
             return actions;
         };
@@ -420,7 +430,7 @@ impl Coordinator {
         reason: &str,
         now_ms: i64,
     ) -> Vec<Action> {
-        let mut actions = Vec::new();
+        let mut actions: Vec<Action> = self.abort_inherited(id).into_iter().collect();
         if self
             .pending
             .as_ref()
@@ -516,6 +526,23 @@ impl Coordinator {
             });
         }
         actions
+    }
+
+    /// An acknowledgement or decline of a checkpoint an earlier leader
+    /// triggered (TaskManagers retry their reports to whichever JobManager
+    /// leads). It can never complete: its acknowledgements so far were lost
+    /// with that leader. It is aborted on the TaskManagers, once, so that a
+    /// source waiting for it (a stop-with-savepoint) resumes; the next
+    /// trigger takes its place.
+    fn abort_inherited(&mut self, id: CheckpointId) -> Option<Action> {
+        if !self.inherited.contains(&id.0) || !self.aborted_inherited.insert(id) {
+            return None;
+        }
+        tracing::info!(job_id = %self.job, checkpoint_id = %id, "aborting a checkpoint an earlier leader triggered");
+        Some(Action::Abort {
+            id,
+            reason: "triggered by an earlier jobmanager leader".into(),
+        })
     }
 
     fn fail_pending(&mut self, reason: &str, now_ms: i64, actions: &mut Vec<Action>) {

@@ -171,6 +171,78 @@ fn new_coordinator_continues_after_the_catalog_reservation() {
     );
 }
 
+/// A leader change loses the checkpoint in flight: the new leader aborts
+/// it (once) when the TaskManagers' retried reports for it arrive, and
+/// leaves completed checkpoints and its own alone.
+#[test]
+fn new_leader_aborts_an_inherited_checkpoint_once() {
+    let mut state = ClusterState::default();
+    state.apply(&Command::SubmitJob {
+        id: "j".into(),
+        name: "n".into(),
+        spec_json: "{}".into(),
+        parallelism: 2,
+        max_parallelism: 128,
+        time_ms: 0,
+        restore_from: None,
+    });
+    let mut old = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
+    let Action::ReserveIds { up_to } = old.tick(INTERVAL)[0].clone() else {
+        panic!("expected a reservation")
+    };
+    let reserve = Command::ReserveCheckpointIds {
+        job: "j".into(),
+        up_to,
+    };
+    assert_eq!(state.apply(&reserve), Response::Applied);
+    old.on_ids_reserved(up_to);
+    let first = triggered(&old.tick(INTERVAL)).unwrap();
+    let Action::Commit(done) = ack_all(&mut old, first, INTERVAL + 1).remove(0) else {
+        panic!("expected a commit")
+    };
+    let commit = Command::CheckpointCompleted {
+        job: "j".into(),
+        checkpoint: done,
+    };
+    assert_eq!(state.apply(&commit), Response::Applied);
+    old.on_committed(first, INTERVAL + 2);
+    let in_flight = triggered(&old.tick(2 * INTERVAL + 2)).unwrap();
+    // Leader change while `in_flight` collects acknowledgements.
+    let catalog = state.checkpoint_catalog(&"j".into());
+    let mut new = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), catalog, 0);
+    let [a, b, ..] = subtasks()[..] else {
+        panic!("the topology has four subtasks")
+    };
+    let late = new.on_ack(first, a, snapshots(a, first), AckTimings::default(), 10);
+    assert!(late.is_empty(), "a completed checkpoint is not aborted");
+    let abort = new.on_ack(
+        in_flight,
+        a,
+        snapshots(a, in_flight),
+        AckTimings::default(),
+        11,
+    );
+    assert!(
+        matches!(abort.as_slice(), [Action::Abort { id, .. }] if *id == in_flight),
+        "{abort:?}"
+    );
+    assert!(
+        new.on_decline(in_flight, b, "gone", 12).is_empty(),
+        "aborted once"
+    );
+    new.on_ids_reserved(CheckpointId(ID_BLOCK * 2));
+    let own = triggered(&new.tick(INTERVAL)).unwrap();
+    assert!(own > in_flight);
+    let acked = new.on_ack(
+        own,
+        a,
+        snapshots(a, own),
+        AckTimings::default(),
+        INTERVAL + 1,
+    );
+    assert!(acked.is_empty(), "its own checkpoint goes on: {acked:?}");
+}
+
 #[test]
 fn ack_commits_only_after_every_subtask() {
     let mut c = coordinator(3, 0);

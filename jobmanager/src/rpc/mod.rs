@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// Metadata key naming the leader's rpc address in `UNAVAILABLE` answers.
-pub const LEADER_METADATA: &str = "eddy-leader-rpc-addr";
+pub use eddy_sdk::server::rpc::LEADER_METADATA;
 
 pub struct JobManagerRpc {
     ctx: Arc<Context>,
@@ -62,13 +62,17 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
     ) -> Result<Response<pb::RegisterTaskManagerResponse>, Status> {
         self.require_leader()?;
         let reg = convert::registration(request.get_ref())?;
-        tracing::info!(rpc_addr = %reg.rpc_addr, slots = reg.slots, tasks = reg.tasks.len(), "taskmanager registered");
-        self.ctx.registry(|r| r.register(reg, Instant::now()));
+        let term = self.ctx.term();
+        tracing::info!(rpc_addr = %reg.rpc_addr, slots = reg.slots, tasks = reg.tasks.len(), term, "taskmanager registered");
+        self.ctx.registry(|r| {
+            r.begin_term(term);
+            r.register(reg, Instant::now())
+        });
         self.ctx.wake.notify_one();
         Ok(Response::new(pb::RegisterTaskManagerResponse {
             heartbeat_interval_ms: u64::try_from(self.ctx.config.heartbeat_interval.0.as_millis())
                 .unwrap_or(u64::MAX),
-            leader_term: self.ctx.term(),
+            leader_term: term,
         }))
     }
 
@@ -81,9 +85,11 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         let tm_id = convert::tm_id(&req.tm_id)?;
         let tasks = convert::task_statuses(&req.tasks)?;
         let ended = tasks.iter().any(|(_, s)| s.is_terminal());
-        let known = self
-            .ctx
-            .registry(|r| r.heartbeat(&tm_id, tasks, req.rss_bytes, Instant::now()));
+        let term = self.ctx.term();
+        let known = self.ctx.registry(|r| {
+            r.begin_term(term);
+            r.heartbeat(&tm_id, tasks, req.rss_bytes, Instant::now())
+        });
         if !known {
             tracing::info!(%tm_id, "heartbeat from an unknown or lost taskmanager; it must register again");
         } else if ended {
@@ -91,7 +97,7 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         }
         Ok(Response::new(pb::HeartbeatResponse {
             known,
-            leader_term: self.ctx.term(),
+            leader_term: term,
         }))
     }
 

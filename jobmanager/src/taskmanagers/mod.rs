@@ -83,9 +83,21 @@ pub struct Lost {
 #[derive(Debug, Default)]
 pub struct Registry {
     tms: BTreeMap<TaskManagerId, TaskManager>,
+    /// The leader term the entries were learned in.
+    term: u64,
 }
 
 impl Registry {
+    /// Starts leader term `term`: what was learned in an earlier term is
+    /// stale (heartbeats went to another leader meanwhile) and is dropped;
+    /// registrations already made in this term are kept.
+    pub fn begin_term(&mut self, term: u64) {
+        if term != self.term {
+            self.tms.clear();
+            self.term = term;
+        }
+    }
+
     /// Registers (or re-registers) a TaskManager, replacing what was known.
     pub fn register(&mut self, reg: Registration, now: Instant) {
         let tm = TaskManager {
@@ -264,6 +276,20 @@ mod tests {
         assert!(!r.heartbeat(&"a".into(), vec![], 1, Instant::now()));
         r.register(registration("a"), Instant::now());
         assert!(r.heartbeat(&"a".into(), vec![], 1, Instant::now()));
+    }
+
+    /// A registration made in the current term survives the driver's start
+    /// of that term; one from an earlier term does not.
+    #[tokio::test(start_paused = true)]
+    async fn begin_term_keeps_this_terms_registrations_only() {
+        let mut r = Registry::default();
+        r.begin_term(2);
+        r.register(registration("old"), Instant::now());
+        r.begin_term(3);
+        r.register(registration("new"), Instant::now());
+        r.begin_term(3);
+        assert!(r.get(&"old".into()).is_none());
+        assert!(r.get(&"new".into()).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
-//! A whole cluster on this machine as separate processes — one JobManager and
-//! N TaskManagers — started from the binaries next to `eddy`. Used by
-//! `eddy local` and `eddy bench`.
+//! A whole cluster on this machine as separate processes — one JobManager or
+//! a Raft group of several, and N TaskManagers — started from the binaries
+//! next to `eddy`. Used by `eddy local` and `eddy bench`.
 //!
 //! Every child dies with this process: [`LocalCluster::stop`] sends SIGTERM
 //! (SIGKILL if a child does not stop in time), and the kernel's parent-death
@@ -16,11 +16,14 @@ use tokio::process::{Child, Command};
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// JobManagers: 1, or the size of a Raft group (3 or 5).
+    pub jobmanagers: u32,
     pub taskmanagers: u32,
     pub slots: u32,
     /// Memory of one KPU (e.g. `512MiB`); the TaskManager's default otherwise.
     pub kpu_memory: Option<String>,
-    /// REST port of the JobManager; 0 picks a free one.
+    /// REST port of the first JobManager; JobManager i (0-based) uses
+    /// `rest_port + i`. 0 picks free ports.
     pub rest_port: u16,
     /// Where the processes keep their data and logs.
     pub data_dir: PathBuf,
@@ -54,10 +57,14 @@ impl Proc {
     }
 }
 
-/// The started processes: the JobManager first, then the TaskManagers.
+/// The started processes: the JobManagers first, then the TaskManagers.
 pub struct LocalCluster {
     procs: Vec<Proc>,
+    jobmanagers: usize,
+    /// Every JobManager's REST URL, comma-separated (what `--url` takes).
     pub url: String,
+    /// Each JobManager's REST URL, in id order.
+    pub urls: Vec<String>,
     pub data_dir: PathBuf,
 }
 
@@ -81,7 +88,9 @@ impl LocalCluster {
             .unwrap_or_else(|_| opts.data_dir.clone());
         let mut cluster = LocalCluster {
             procs: Vec::new(),
+            jobmanagers: 0,
             url: String::new(),
+            urls: Vec::new(),
             data_dir,
         };
         match cluster.start_all(opts).await {
@@ -94,40 +103,13 @@ impl LocalCluster {
     }
 
     async fn start_all(&mut self, opts: &Options) -> anyhow::Result<()> {
-        let jm_dir = self.data_dir.join("jobmanager-1");
-        std::fs::create_dir_all(&jm_dir)?;
-        let jm_ready = jm_dir.join("ready.json");
-        let _ = std::fs::remove_file(&jm_ready);
-        let rest_addr = format!("127.0.0.1:{}", opts.rest_port);
-        let jm_args = [
-            "--id",
-            "1",
-            "--data-dir",
-            path_str(&jm_dir)?,
-            "--rest-addr",
-            &rest_addr,
-            "--rpc-addr",
-            "127.0.0.1:0",
-            "--heartbeat-timeout",
-            &opts.heartbeat_timeout,
-            "--ready-file",
-            path_str(&jm_ready)?,
-        ];
-        let jm_bin = opts.bin_dir.join("eddy-jobmanager");
-        // Jobs with a `checkpoint` section checkpoint into the cluster's own
-        // directory unless they name a storage (a local cluster shares one
-        // filesystem).
-        let checkpoints = self.data_dir.join("checkpoints");
-        let jm_env = [(
-            "EDDY_CHECKPOINT__STORAGE".to_string(),
-            path_str(&checkpoints)?.to_string(),
-        )];
-        self.procs
-            .push(spawn("jobmanager-1", &jm_bin, &jm_args, &jm_env, &jm_dir)?);
-        let ready = wait_ready(&jm_ready, &mut self.procs[0]).await?;
-        let rpc_addr = field(&ready, "rpc_addr")?;
-        self.url = format!("http://{}", field(&ready, "rest_addr")?);
-
+        if !(1..=9).contains(&opts.jobmanagers) {
+            bail!(
+                "--jobmanagers must be between 1 and 9 (3 or 5 for a fault-tolerant group), not {}",
+                opts.jobmanagers
+            );
+        }
+        let rpc_addrs = self.start_jobmanagers(opts).await?;
         for i in 0..opts.taskmanagers {
             let name = format!("taskmanager-{i}");
             let dir = self.data_dir.join(&name);
@@ -135,18 +117,18 @@ impl LocalCluster {
             let ready_file = dir.join("ready.json");
             let _ = std::fs::remove_file(&ready_file);
             let slots = opts.slots.to_string();
-            let mut args = vec![
-                "--id",
-                name.as_str(),
-                "--jobmanager",
-                rpc_addr.as_str(),
+            let mut args = vec!["--id", name.as_str()];
+            for addr in &rpc_addrs {
+                args.extend(["--jobmanager", addr.as_str()]);
+            }
+            args.extend([
                 "--slots",
                 slots.as_str(),
                 "--data-dir",
                 path_str(&dir)?,
                 "--ready-file",
                 path_str(&ready_file)?,
-            ];
+            ]);
             if let Some(mem) = &opts.kpu_memory {
                 args.extend(["--kpu-memory", mem.as_str()]);
             }
@@ -157,18 +139,112 @@ impl LocalCluster {
             wait_ready(&ready_file, &mut self.procs[idx]).await?;
         }
 
-        let client = Client::new(&self.url);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match client.overview().await {
-                Ok(o) if o.taskmanagers >= opts.taskmanagers => return Ok(()),
-                _ if Instant::now() > deadline => {
-                    bail!("TaskManagers did not register with the JobManager within 60s")
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            if self.leader_sees(opts.taskmanagers).await {
+                return Ok(());
             }
+            if Instant::now() > deadline {
+                bail!("TaskManagers did not register with the JobManager leader within 60s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
             self.check_alive()?;
         }
+    }
+
+    /// Whether the JobManager that leads counts `n` TaskManagers (only the
+    /// leader hears from them).
+    async fn leader_sees(&self, n: u32) -> bool {
+        for url in &self.urls {
+            if let Ok(o) = Client::new(url).overview().await
+                && o.is_leader
+            {
+                return o.taskmanagers >= n;
+            }
+        }
+        false
+    }
+
+    /// Starts the JobManagers (a Raft group when there are several: each
+    /// one's rpc port is chosen up front, since every member must know the
+    /// others' addresses) and waits until each one is ready. Returns their
+    /// rpc addresses.
+    async fn start_jobmanagers(&mut self, opts: &Options) -> anyhow::Result<Vec<String>> {
+        let n = opts.jobmanagers;
+        let rpc_addrs: Vec<String> = if n == 1 {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            free_ports(n as usize)?
+                .into_iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect()
+        };
+        let peers = if n == 1 {
+            String::new()
+        } else {
+            rpc_addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{}={a}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // Jobs with a `checkpoint` section checkpoint into the cluster's own
+        // directory unless they name a storage (a local cluster shares one
+        // filesystem).
+        let checkpoints = self.data_dir.join("checkpoints");
+        let jm_env = [(
+            "EDDY_CHECKPOINT__STORAGE".to_string(),
+            path_str(&checkpoints)?.to_string(),
+        )];
+        let jm_bin = opts.bin_dir.join("eddy-jobmanager");
+        let mut ready_files = Vec::new();
+        for (i, rpc_addr) in rpc_addrs.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let name = format!("jobmanager-{id}");
+            let dir = self.data_dir.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            let ready = dir.join("ready.json");
+            let _ = std::fs::remove_file(&ready);
+            let rest_port = if opts.rest_port == 0 {
+                0
+            } else {
+                opts.rest_port
+                    .checked_add(u16::try_from(i)?)
+                    .context("the REST ports run past 65535")?
+            };
+            let rest_addr = format!("127.0.0.1:{rest_port}");
+            let mut args = vec![
+                "--id",
+                id.as_str(),
+                "--data-dir",
+                path_str(&dir)?,
+                "--rest-addr",
+                &rest_addr,
+                "--rpc-addr",
+                rpc_addr.as_str(),
+                "--heartbeat-timeout",
+                &opts.heartbeat_timeout,
+                "--ready-file",
+                path_str(&ready)?,
+            ];
+            if !peers.is_empty() {
+                args.extend(["--peers", peers.as_str()]);
+            }
+            self.procs
+                .push(spawn(&name, &jm_bin, &args, &jm_env, &dir)?);
+            self.jobmanagers += 1;
+            ready_files.push(ready);
+        }
+        let mut bound = Vec::new();
+        for (i, ready) in ready_files.iter().enumerate() {
+            let ready = wait_ready(ready, &mut self.procs[i]).await?;
+            self.urls
+                .push(format!("http://{}", field(&ready, "rest_addr")?));
+            bound.push(field(&ready, "rpc_addr")?);
+        }
+        self.url = self.urls.join(",");
+        Ok(bound)
     }
 
     pub fn client(&self) -> Client {
@@ -177,7 +253,7 @@ impl LocalCluster {
 
     /// The TaskManager processes, in start order.
     pub fn taskmanagers(&self) -> &[Proc] {
-        self.procs.get(1..).unwrap_or_default()
+        self.procs.get(self.jobmanagers..).unwrap_or_default()
     }
 
     /// An error naming the first process that exited, with its last log lines.
@@ -226,6 +302,20 @@ impl LocalCluster {
             }
         }
     }
+}
+
+/// `n` distinct ports free right now on the loopback interface. Another
+/// process could take one before the JobManager binds it; the JobManager
+/// then fails to start and says which address was taken.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot find free ports for the JobManagers")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 pub fn path_str(p: &Path) -> anyhow::Result<&str> {

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct LocalArgs {
+    /// How many JobManagers to start: 1, or a Raft group of 3 or 5 (any
+    /// member can fail without stopping the jobs).
+    #[arg(long, default_value_t = 1)]
+    jobmanagers: u32,
     /// How many TaskManagers to start.
     #[arg(long, default_value_t = 2)]
     taskmanagers: u32,
@@ -15,7 +19,8 @@ pub struct LocalArgs {
     /// Memory of one KPU (e.g. `512MiB`); the TaskManager's default otherwise.
     #[arg(long)]
     kpu_memory: Option<String>,
-    /// REST port of the JobManager; 0 picks a free one.
+    /// REST port of the (first) JobManager; JobManager i (0-based) serves
+    /// REST on this port + i. 0 picks free ports.
     #[arg(long, default_value_t = 8081)]
     rest_port: u16,
     /// Where the processes keep their data and logs (default: a new temp dir).
@@ -37,6 +42,7 @@ const DEMO_SPEC: &str = include_str!("../../../examples/demo.yaml");
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let opts = Options {
+        jobmanagers: args.jobmanagers,
         taskmanagers: args.taskmanagers,
         slots: args.slots,
         kpu_memory: args.kpu_memory.clone(),
@@ -65,11 +71,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
 async fn serve(args: &LocalArgs, cluster: &mut LocalCluster) -> anyhow::Result<()> {
     let url = cluster.url.clone();
+    let jobmanagers = match args.jobmanagers {
+        1 => "1 JobManager".to_string(),
+        n => format!("{n} JobManagers (one Raft group)"),
+    };
     println!(
-        "Eddy local cluster is up: 1 JobManager, {} TaskManagers x {} slots",
+        "Eddy local cluster is up: {jobmanagers}, {} TaskManagers x {} slots",
         args.taskmanagers, args.slots
     );
-    println!("REST:     {url}");
+    // One line per JobManager, jobmanager-1 first; any of them answers.
+    for u in &cluster.urls {
+        println!("REST:     {u}");
+    }
     println!("data/logs: {}", cluster.data_dir.display());
     if args.demo {
         let out = cluster.data_dir.join("demo-out");

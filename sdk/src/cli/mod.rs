@@ -27,7 +27,8 @@ use std::process::ExitCode;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The JobManager's REST URL.
+    /// The JobManager's REST URL, or every JobManager's of a group,
+    /// comma-separated (the next is tried when one does not answer).
     #[arg(
         long,
         global = true,

@@ -3,6 +3,10 @@
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// Metadata key of a JobManager's `UNAVAILABLE` answer that names the
+/// leader's rpc address (a follower refusing a TaskManager's call).
+pub const LEADER_METADATA: &str = "eddy-leader-rpc-addr";
+
 /// Error of building a channel (a malformed address).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid gRPC address {addr:?}")]

@@ -22,7 +22,7 @@ use crate::cluster_state::{
 use crate::context::{Context, now_ms};
 use crate::restart::Decision;
 use crate::scheduler::Capacity;
-use crate::taskmanagers::{Registry, TaskKey, TaskStatus};
+use crate::taskmanagers::{TaskKey, TaskStatus};
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{Attempt, JobId, TaskManagerId};
 use eddy_sdk::rest::JobState;
@@ -113,6 +113,10 @@ impl Driver {
             }
             return;
         }
+        if !self.ctx.leadership_settled() {
+            // The next applied entry (this leader's first) wakes the loop.
+            return;
+        }
         let term = self.ctx.term();
         if self.leadership.as_ref().map(|l| l.term) != Some(term) {
             info!(
@@ -120,8 +124,8 @@ impl Driver {
                 "leading: taskmanagers re-register with this jobmanager"
             );
             // Heartbeats went elsewhere while another node led: what this
-            // node remembers about TaskManagers is stale.
-            self.ctx.registry(|r| *r = Registry::default());
+            // node remembers about TaskManagers from then is stale.
+            self.ctx.registry(|r| r.begin_term(term));
             self.leadership = Some(Leadership {
                 term,
                 since: Instant::now(),

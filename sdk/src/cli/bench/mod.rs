@@ -121,6 +121,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(1);
     let opts = Options {
+        jobmanagers: 1,
         taskmanagers: slots,
         slots: 1,
         kpu_memory: args.kpu_memory.clone(),

@@ -124,6 +124,15 @@ struct JobCheckpoints {
     sources_done_since_ms: Option<i64>,
 }
 
+impl JobCheckpoints {
+    /// Whether a checkpoint triggered at `trigger_ms` is the job's final
+    /// one: triggered once every source had ended its input.
+    fn is_final(&self, trigger_ms: i64) -> bool {
+        self.sources_done_since_ms
+            .is_some_and(|since| trigger_ms >= since)
+    }
+}
+
 /// What a spawned `_metadata` write or savepoint copy came back with.
 struct Prepared {
     job: JobId,
@@ -392,7 +401,16 @@ impl Service {
                                 o.checkpoint_id = Some(p.id.0);
                             });
                         }
-                        job.coordinator.on_committed(p.id, now)
+                        let job_final = job.is_final(completed.trigger_time_ms);
+                        let actions = job.coordinator.on_committed(p.id, now);
+                        if job_final {
+                            // Stop triggering before this step's tick: a
+                            // trigger sent now would race the final notice,
+                            // and a source that saw it first would end with
+                            // a barrier the sources that ended never join.
+                            job.coordinator.final_checkpoint_committed();
+                        }
+                        actions
                     }
                     Err(e) => job.coordinator.on_commit_failed(p.id, &e.to_string(), now),
                 }
@@ -515,14 +533,6 @@ impl Service {
             Action::NotifyComplete { id } => {
                 job.triggered_ops.remove(&id);
                 job.notified_at_ms = now_ms();
-                if self.is_job_final(job_id, id) {
-                    // A trigger after it would race its notice: a source that
-                    // saw the trigger first would wait for a checkpoint the
-                    // sources that ended never join.
-                    if let Some(job) = self.jobs.get_mut(job_id) {
-                        job.coordinator.final_checkpoint_committed();
-                    }
-                }
                 self.notify(job_id, id, None);
                 Vec::new()
             }
@@ -548,9 +558,7 @@ impl Service {
                 .and_then(|c| c.get(id))
                 .map(|c| c.trigger_time_ms)
         });
-        job.sources_done_since_ms
-            .zip(triggered_ms)
-            .is_some_and(|(since, at)| at >= since)
+        triggered_ms.is_some_and(|at| job.is_final(at))
     }
 
     /// Sends `NotifyCheckpointComplete` (no reason) or `AbortCheckpoint`.

@@ -146,7 +146,7 @@ pub struct DatagenSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_per_second: Option<f64>,
     /// Rows per emitted batch (default 8192); with a rate, a batch is also
-    /// emitted at least every 50 ms.
+    /// emitted at least every 5 ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Seed of the `random` fields (default 0).

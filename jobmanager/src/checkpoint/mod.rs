@@ -4,8 +4,10 @@
 //! view. The durable record is the Raft catalog in `cluster_state`.
 
 pub mod coordinator;
+mod files;
 pub mod hub;
 pub mod service;
+mod settings;
 pub mod stats;
 
 pub use coordinator::{

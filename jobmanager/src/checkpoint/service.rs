@@ -8,20 +8,15 @@
 //! in spawned tasks that report back through a channel, so a step of the job
 //! driver never waits on object storage.
 
+use super::files::{delete_checkpoints, prepare_commit};
 use super::hub::{Event, OperationStatus};
-use super::{Action, Coordinator, Topology, VertexInfo};
+use super::{Action, Coordinator};
 use crate::cluster_state::{Command, CompletedCheckpoint, JobRecord};
-use crate::config::Config;
 use crate::context::{Context, now_ms};
 use eddy_proto::v1 as pb;
-use eddy_sdk::checkpoint_layout::{METADATA_FILE, SavepointLayout};
 use eddy_sdk::ids::{Attempt, CheckpointId, JobId, TaskManagerId};
-use eddy_sdk::spec::{CheckpointSettings, JobSpec, RestartSettings, RestartSpec, StateBackendKind};
 use eddy_sdk::storage::CheckpointStorage;
-use eddy_sdk::storage::manifest::{BackendKind, SubtaskManifest};
-use eddy_sdk::storage::metadata::{METADATA_FORMAT, MetadataEntry, SnapshotMetadata};
-use eddy_sdk::{ApiError, graph};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -34,66 +29,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// waiting) until the next checkpoint.
 const RENOTIFY_EVERY_MS: i64 = 5_000;
 
-/// The job's checkpoint settings (`None`: the job takes no checkpoints).
-pub fn checkpoint_settings(
-    config: &Config,
-    spec: &JobSpec,
-) -> Result<Option<CheckpointSettings>, ApiError> {
-    spec.checkpoint
-        .as_ref()
-        .map(|c| c.resolve(&config.checkpoint))
-        .transpose()
-}
-
-/// The job's restart strategy (`None`: a failure fails the job). Jobs with
-/// checkpoints restart with the cluster's default strategy unless they set
-/// their own, as in Flink.
-pub fn restart_settings(
-    config: &Config,
-    spec: &JobSpec,
-) -> Result<Option<RestartSettings>, ApiError> {
-    if spec.checkpoint.is_none() && spec.restart.is_none() {
-        return Ok(None);
-    }
-    RestartSpec::resolve(spec.restart.as_ref(), &config.restart).map(Some)
-}
-
-fn backend_kind(b: StateBackendKind) -> BackendKind {
-    match b {
-        StateBackendKind::Memory => BackendKind::Memory,
-        StateBackendKind::Rocksdb => BackendKind::Rocksdb,
-    }
-}
-
-/// The `CheckpointConfig` of a deploy request.
-pub fn deploy_config(settings: &CheckpointSettings) -> pb::CheckpointConfig {
-    pb::CheckpointConfig {
-        storage: settings.storage.clone(),
-        backend: settings.backend.as_str().to_string(),
-    }
-}
-
-/// The subtasks and stateful operators a checkpoint of `spec` covers.
-pub fn topology(spec: &JobSpec) -> Result<Topology, ApiError> {
-    let graph = graph::build(spec)?;
-    let mut vertices = BTreeMap::new();
-    for v in &graph.vertices {
-        let stateful_nodes: BTreeSet<_> = v
-            .nodes
-            .iter()
-            .filter(|n| spec.node(n).is_some_and(|node| node.kind.is_stateful()))
-            .cloned()
-            .collect();
-        vertices.insert(
-            v.id,
-            VertexInfo {
-                parallelism: v.parallelism,
-                stateful_nodes,
-            },
-        );
-    }
-    Ok(Topology { vertices })
-}
+pub use super::settings::{checkpoint_settings, deploy_config, restart_settings, topology};
 
 /// A running job as the driver sees it in one step.
 pub struct RunningJob<'a> {
@@ -635,92 +571,4 @@ impl Service {
             }
         });
     }
-}
-
-async fn read_manifests(
-    storage: &CheckpointStorage,
-    checkpoints: &[CompletedCheckpoint],
-) -> Result<Vec<SubtaskManifest>, eddy_sdk::storage::Error> {
-    let mut out = Vec::new();
-    for c in checkpoints {
-        for s in &c.snapshots {
-            out.push(storage.read_manifest(&s.manifest_path).await?);
-        }
-    }
-    Ok(out)
-}
-
-async fn delete_checkpoints(
-    storage: &CheckpointStorage,
-    job: &JobId,
-    dropped: &[CompletedCheckpoint],
-    retained: &[CompletedCheckpoint],
-) -> Result<(), eddy_sdk::storage::Error> {
-    let dropped_manifests = read_manifests(storage, dropped).await?;
-    let retained_manifests = read_manifests(storage, retained).await?;
-    for c in dropped {
-        let n = storage.delete_checkpoint(job, c.id).await?;
-        tracing::debug!(job_id = %job, checkpoint_id = c.id.0, files = n, "checkpoint deleted");
-    }
-    let released = storage
-        .release_shared(job, &dropped_manifests, &retained_manifests)
-        .await?;
-    tracing::debug!(job_id = %job, shared_files = released.len(), "shared files released");
-    Ok(())
-}
-
-/// Writes the checkpoint's `_metadata`; for a savepoint, first copies every
-/// snapshot into the savepoint directory (self-contained), writes its
-/// `_metadata` there and returns the checkpoint pointing at the copies.
-async fn prepare_commit(
-    storage: &CheckpointStorage,
-    job: &JobId,
-    max_parallelism: u32,
-    mut completed: CompletedCheckpoint,
-) -> Result<CompletedCheckpoint, eddy_sdk::storage::Error> {
-    let meta = |c: &CompletedCheckpoint, savepoint: bool| SnapshotMetadata {
-        format: METADATA_FORMAT,
-        job: job.clone(),
-        checkpoint: c.id,
-        backend: backend_kind(c.backend),
-        max_parallelism,
-        savepoint,
-        completed_time_ms: c.completed_time_ms,
-        snapshots: c
-            .snapshots
-            .iter()
-            .map(|s| MetadataEntry {
-                node: s.node.clone(),
-                subtask: s.index,
-                parallelism: s.parallelism,
-                manifest_path: s.manifest_path.clone(),
-                state_bytes: s.state_bytes,
-            })
-            .collect(),
-    };
-    let Some(target) = completed.savepoint_path.clone() else {
-        let path = storage.layout().metadata(job, completed.id);
-        storage
-            .write_metadata(&path, &meta(&completed, false))
-            .await?;
-        return Ok(completed);
-    };
-    let target_storage = CheckpointStorage::open(&target, &[])?;
-    let layout = SavepointLayout::new("");
-    let manifests = read_manifests(storage, std::slice::from_ref(&completed)).await?;
-    let copies = storage
-        .copy_to_savepoint(&manifests, &target_storage, &layout)
-        .await?;
-    for (entry, (path, _)) in completed.snapshots.iter_mut().zip(copies) {
-        entry.manifest_path = path;
-    }
-    completed.storage_root = target.clone();
-    target_storage
-        .write_metadata(&layout.metadata(), &meta(&completed, true))
-        .await?;
-    // The savepoint no longer needs the checkpoint's private files; its
-    // shared files may be the base of the next incremental checkpoints.
-    storage.delete_checkpoint(job, completed.id).await?;
-    debug_assert!(layout.metadata().ends_with(METADATA_FILE));
-    Ok(completed)
 }

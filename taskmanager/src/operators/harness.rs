@@ -234,3 +234,27 @@ pub fn drain_source(source: &mut dyn Source) -> Vec<RecordBatch> {
     }
     panic!("the source did not finish")
 }
+
+/// `rows` (the rows of `batch`, in order) per subtask of `parallelism`,
+/// routed as the exchange routes them: by the key group of `key_by`'s hash.
+pub fn route_by_key<R: Clone>(
+    rows: &[R],
+    batch: &RecordBatch,
+    key_by: &[&str],
+    max_parallelism: u32,
+    parallelism: u32,
+) -> Vec<Vec<R>> {
+    let cols: Vec<arrow::array::ArrayRef> = key_by
+        .iter()
+        .map(|k| batch.column(batch.schema().index_of(k).unwrap()).clone())
+        .collect();
+    let mut hashes = Vec::new();
+    eddy_sdk::plan::hash::hash_columns(&cols, &mut hashes).unwrap();
+    let mut out = vec![Vec::new(); parallelism as usize];
+    for (row, h) in rows.iter().zip(hashes) {
+        let kg = eddy_sdk::keygroup::key_group_of_hash(h, max_parallelism);
+        let s = eddy_sdk::keygroup::subtask_for_key_group(kg, max_parallelism, parallelism);
+        out[s as usize].push(row.clone());
+    }
+    out
+}

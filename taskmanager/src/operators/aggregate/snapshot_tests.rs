@@ -4,15 +4,14 @@
 //! also with state TTL. Corrupt state fails the restore with an error.
 
 use super::snapshot::AGGREGATES;
-use super::tests::{Key, MAXP, Row, Values, input_schema, spec, subtask, to_batch, updates};
+use super::tests::{Key, MAXP, Row, Values, spec, subtask, to_batch, updates};
 use super::*;
 use crate::operators::harness::{OperatorHarness, StateImage};
 use crate::state::ManualClock;
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::KeyGroup;
-use eddy_sdk::keygroup::{key_group_of_hash, key_group_range, subtask_for_key_group};
+use eddy_sdk::keygroup::key_group_range;
 use eddy_sdk::operator::StateEntry;
-use eddy_sdk::plan::hash::hash_columns;
 use std::collections::BTreeMap;
 
 /// 40 chunks of 50 rows; the keys drift, so under a 300ms TTL (100ms per
@@ -33,18 +32,7 @@ fn data() -> Vec<Vec<Row>> {
 
 /// Rows of `chunk` per subtask of `p`, routed by the key's key group.
 fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
-    let batch = to_batch(chunk);
-    let cols: Vec<ArrayRef> = key_by
-        .iter()
-        .map(|k| batch.column(input_schema().index_of(k).unwrap()).clone())
-        .collect();
-    let mut hashes = Vec::new();
-    hash_columns(&cols, &mut hashes).unwrap();
-    let mut out = vec![Vec::new(); p as usize];
-    for (row, h) in chunk.iter().zip(hashes) {
-        out[subtask_for_key_group(key_group_of_hash(h, MAXP), MAXP, p) as usize].push(*row);
-    }
-    out
+    crate::operators::harness::route_by_key(chunk, &to_batch(chunk), key_by, MAXP, p)
 }
 
 type PerKey = BTreeMap<Key, Vec<Values>>;

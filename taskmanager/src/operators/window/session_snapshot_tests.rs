@@ -6,7 +6,7 @@ use super::*;
 use crate::operators::harness::{StateImage, task_context};
 use crate::operators::window::session::snapshot::SESSIONS;
 use eddy_sdk::ids::KeyGroup;
-use eddy_sdk::keygroup::{key_group_of_hash, key_group_range, subtask_for_key_group};
+use eddy_sdk::keygroup::key_group_range;
 use eddy_sdk::operator::{Element, RestoredState, StateEntry};
 
 const MAXP: u32 = 128;
@@ -26,19 +26,7 @@ pub(super) fn alone(spec: &WindowSpec, i: u32, p: u32) -> SessionWindow {
 
 /// Rows of `chunk` per subtask of `p`, routed by the key's key group.
 pub(super) fn route(chunk: &[Row], key_by: &[&str], p: u32) -> Vec<Vec<Row>> {
-    let batch = to_batch(chunk);
-    let cols: Vec<ArrayRef> = key_by
-        .iter()
-        .map(|k| batch.column(batch.schema().index_of(k).unwrap()).clone())
-        .collect();
-    let mut hashes = Vec::new();
-    eddy_sdk::plan::hash::hash_columns(&cols, &mut hashes).unwrap();
-    let mut out = vec![Vec::new(); p as usize];
-    for (row, h) in chunk.iter().zip(hashes) {
-        let s = subtask_for_key_group(key_group_of_hash(h, MAXP), MAXP, p);
-        out[s as usize].push(row.clone());
-    }
-    out
+    crate::operators::harness::route_by_key(chunk, &to_batch(chunk), key_by, MAXP, p)
 }
 
 fn feed(hs: &mut [OperatorHarness], chunk: &[Row], key_by: &[&str], out: &mut Vec<RecordBatch>) {

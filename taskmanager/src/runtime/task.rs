@@ -169,8 +169,9 @@ impl Driver {
                 // stream ends after the final checkpoint.
                 self.process(Element::Watermark(i64::MAX)).await?;
                 self.account_busy(started, backpressured);
-                phase = if self.cp.is_some() {
+                phase = if let Some(cp) = &self.cp {
                     tracing::info!("source finished; waiting for the final checkpoint");
+                    let _ = cp.reports.send(Report::InputEnded);
                     Phase::Draining
                 } else {
                     Phase::End { flush: true }

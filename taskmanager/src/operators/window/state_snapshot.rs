@@ -18,6 +18,19 @@ use std::sync::Arc;
 
 const FORMAT: u8 = 1;
 
+/// The key groups set in a bitset of `set_dirty`, in order.
+fn key_groups_in(bits: &[u64]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for (w, &bits) in bits.iter().enumerate() {
+        let mut b = bits;
+        while b != 0 {
+            out.push((w * 64 + b.trailing_zeros() as usize) as u16);
+            b &= b - 1;
+        }
+    }
+    out
+}
+
 impl WindowState {
     /// The groups of each key group present, in group order.
     pub fn groups_by_key_group(&self) -> BTreeMap<u16, Vec<u32>> {
@@ -30,15 +43,16 @@ impl WindowState {
 
     /// The key groups updated since the last call, which forgets them.
     pub fn take_dirty_key_groups(&mut self) -> Vec<u16> {
-        let mut out = Vec::new();
-        for (w, bits) in self.dirty.iter_mut().enumerate() {
-            let mut b = std::mem::take(bits);
-            while b != 0 {
-                out.push((w * 64 + b.trailing_zeros() as usize) as u16);
-                b &= b - 1;
-            }
+        key_groups_in(&std::mem::take(&mut self.dirty))
+    }
+
+    /// The key groups that have groups in this window, in order.
+    pub fn key_groups_present(&self) -> Vec<u16> {
+        let mut bits = Vec::new();
+        for &kg in &self.key_groups {
+            set_dirty(&mut bits, kg);
         }
-        out
+        key_groups_in(&bits)
     }
 
     /// Marks every key group present as updated (the window moves to

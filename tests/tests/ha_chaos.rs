@@ -100,7 +100,7 @@ async fn poll(
         }
         .await;
         if let Ok(stats) = answer
-            && generation % 2 == 0
+            && generation.is_multiple_of(2)
             && generations.get(node) == generation
         {
             seen.lock().expect("no poller panics").push(Seen {

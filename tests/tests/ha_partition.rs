@@ -21,6 +21,7 @@ use eddy_tests::ha::{
     start_job, term, untouched, wait_stepped_down,
 };
 use eddy_tests::netns;
+use std::time::Duration;
 use tracing::info;
 
 /// Rows the source generates in total, and how fast: long enough for the
@@ -52,6 +53,15 @@ async fn isolated_leader_is_replaced_restarts_no_task_and_steps_down_on_heal() -
         "--- cut the leader off the network"
     );
     cluster.cut(&name)?;
+    let rest_addr = cluster.jms[old].ready_str("rest_addr");
+    let connect = tokio::net::TcpStream::connect(&rest_addr);
+    assert!(
+        !matches!(
+            tokio::time::timeout(Duration::from_secs(2), connect).await,
+            Ok(Ok(_))
+        ),
+        "the cut-off leader still accepts connections at {rest_addr}"
+    );
     let new = cluster.wait_for_leader(Some(old)).await?;
     info!(
         leader = new + 1,

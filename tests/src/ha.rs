@@ -89,10 +89,20 @@ pub async fn newest_checkpoint(client: &Client, job: &str) -> anyhow::Result<Opt
         .max())
 }
 
-/// A check that may meet a node still settling (just resumed, restarted,
-/// or between leaders): an error counts as "not yet".
-pub fn not_yet_on_error(r: anyhow::Result<bool>) -> anyhow::Result<bool> {
-    Ok(r.unwrap_or(false))
+/// [`Cluster::wait_until`] (bounded by [`WAIT`]) for a check that may meet
+/// a node still settling (just resumed, restarted, or between leaders): an
+/// error counts as "not yet".
+pub async fn wait_settled<F, Fut>(cluster: &Cluster, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    cluster
+        .wait_until(WAIT, what, || {
+            let outcome = check();
+            async move { Ok(outcome.await.unwrap_or(false)) }
+        })
+        .await
 }
 
 /// The sum of the samples of `metric` at `url` (Prometheus text).
@@ -227,22 +237,20 @@ pub async fn untouched(
     since: u64,
 ) -> anyhow::Result<u64> {
     let client = cluster.client_of(leader);
-    cluster
-        .wait_until(WAIT, "the tasks reattached and a newer checkpoint", || {
+    wait_settled(
+        cluster,
+        "the tasks reattached and a newer checkpoint",
+        || {
             let (client, job) = (client.clone(), job.to_string());
             async move {
-                not_yet_on_error(
-                    async {
-                        let detail = client.job(&job).await?;
-                        let newest = newest_checkpoint(&client, &job).await?.unwrap_or(0);
-                        let led = client.checkpoints(&job).await?.counts.completed > 0;
-                        anyhow::Ok(all_running(&detail) && newest > since && led)
-                    }
-                    .await,
-                )
+                let detail = client.job(&job).await?;
+                let newest = newest_checkpoint(&client, &job).await?.unwrap_or(0);
+                let led = client.checkpoints(&job).await?.counts.completed > 0;
+                anyhow::Ok(all_running(&detail) && newest > since && led)
             }
-        })
-        .await?;
+        },
+    )
+    .await?;
     assert_untouched(cluster, &client, job, before).await?;
     Ok(newest_checkpoint(&client, job).await?.unwrap_or(0))
 }
@@ -252,22 +260,15 @@ pub async fn untouched(
 pub async fn wait_stepped_down(cluster: &Cluster, i: usize, term: u64) -> anyhow::Result<()> {
     let back = cluster.client_of(i);
     let url = cluster.jms[i].rest_url();
-    cluster
-        .wait_until(WAIT, "the old leader stepped down", || {
-            let (back, url) = (back.clone(), url.clone());
-            async move {
-                not_yet_on_error(
-                    async {
-                        let follower = !back.overview().await?.is_leader;
-                        let now =
-                            metric(&format!("{url}/metrics"), "eddy_jobmanager_raft_term").await?;
-                        anyhow::Ok(follower && now as u64 >= term)
-                    }
-                    .await,
-                )
-            }
-        })
-        .await
+    wait_settled(cluster, "the old leader stepped down", || {
+        let (back, url) = (back.clone(), url.clone());
+        async move {
+            let follower = !back.overview().await?.is_leader;
+            let now = metric(&format!("{url}/metrics"), "eddy_jobmanager_raft_term").await?;
+            anyhow::Ok(follower && now as u64 >= term)
+        }
+    })
+    .await
 }
 
 /// Sends every TaskManager a checkpoint trigger in leader term `old_term`

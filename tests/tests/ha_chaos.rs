@@ -21,8 +21,7 @@
 use eddy_sdk::rest::CheckpointStats;
 use eddy_tests::Cluster;
 use eddy_tests::ha::{
-    WAIT, assert_untouched, before, finish, group, newest_checkpoint, not_yet_on_error, start_job,
-    untouched,
+    assert_untouched, before, finish, group, newest_checkpoint, start_job, untouched, wait_settled,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -272,23 +271,17 @@ async fn jobmanager_chaos_keeps_output_exactly_once_and_checkpoint_ids_increasin
     let clients: Vec<_> = (0..cluster.jms.len())
         .map(|i| cluster.client_of(i))
         .collect();
-    cluster
-        .wait_until(WAIT, "every JobManager has the same catalog", || {
-            let (clients, job) = (clients.clone(), job.clone());
-            async move {
-                not_yet_on_error(
-                    async {
-                        let mut catalogs = Vec::new();
-                        for c in &clients {
-                            catalogs.push(catalog(&c.checkpoints(&job).await?));
-                        }
-                        anyhow::Ok(catalogs.windows(2).all(|w| w[0] == w[1]))
-                    }
-                    .await,
-                )
+    wait_settled(cluster, "every JobManager has the same catalog", || {
+        let (clients, job) = (clients.clone(), job.clone());
+        async move {
+            let mut catalogs = Vec::new();
+            for c in &clients {
+                catalogs.push(catalog(&c.checkpoints(&job).await?));
             }
-        })
-        .await?;
+            anyhow::Ok(catalogs.windows(2).all(|w| w[0] == w[1]))
+        }
+    })
+    .await?;
     let last = catalog(&clients[0].checkpoints(&job).await?);
     let _ = stop.send(true);
     for p in pollers {

@@ -17,8 +17,8 @@
 
 use eddy_sdk::rest::JobState;
 use eddy_tests::ha::{
-    WAIT, assert_stale_term_refused, before, finish, group, newest_checkpoint, not_yet_on_error,
-    start_job, term, untouched, wait_stepped_down,
+    assert_stale_term_refused, before, finish, group, newest_checkpoint, start_job, term,
+    untouched, wait_settled, wait_stepped_down,
 };
 use eddy_tests::netns;
 use std::time::Duration;
@@ -88,15 +88,11 @@ async fn isolated_leader_is_replaced_restarts_no_task_and_steps_down_on_heal() -
     let leader = cluster.wait_for_leader(None).await?;
     let after = untouched(cluster, leader, &job, &before, resumed).await?;
     let back = cluster.client_of(old);
-    cluster
-        .wait_until(WAIT, "the old leader caught up", || {
-            let (back, job) = (back.clone(), job.clone());
-            async move {
-                let there = newest_checkpoint(&back, &job).await;
-                not_yet_on_error(there.map(|id| id.unwrap_or(0) >= after))
-            }
-        })
-        .await?;
+    wait_settled(cluster, "the old leader caught up", || {
+        let (back, job) = (back.clone(), job.clone());
+        async move { anyhow::Ok(newest_checkpoint(&back, &job).await?.unwrap_or(0) >= after) }
+    })
+    .await?;
     info!(
         checkpoint = after,
         "--- the old leader caught up; the job is unaffected"

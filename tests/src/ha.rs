@@ -199,7 +199,7 @@ pub async fn before(cluster: &Cluster, leader: usize, job: &str) -> anyhow::Resu
 /// Fails unless the job runs with every subtask in the attempt and on the
 /// TaskManager it had `before`, no TaskManager started a subtask again and
 /// no failure was recorded, as `client` sees it.
-pub async fn assert_untouched(
+async fn assert_untouched(
     cluster: &Cluster,
     client: &Client,
     job: &str,

@@ -138,11 +138,12 @@ fn report(
         if let Some(state) = windows.get_mut(&end) {
             written.insert(end);
             let dirty = state.take_dirty_key_groups();
-            let mut by_kg = state.groups_by_key_group();
-            if !all {
-                by_kg.retain(|kg, _| dirty.binary_search(kg).is_ok());
-            }
-            for (kg, groups) in by_kg {
+            let kgs = if all {
+                state.key_groups_present()
+            } else {
+                dirty
+            };
+            for (kg, groups) in state.groups_of_key_groups(&kgs) {
                 changes.put(
                     name,
                     KeyGroup(u32::from(kg)),

@@ -13,7 +13,6 @@ use crate::operators::window::accumulators::take;
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
 use eddy_sdk::plan::hash::hash_columns;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const FORMAT: u8 = 1;
@@ -32,13 +31,27 @@ fn key_groups_in(bits: &[u64]) -> Vec<u16> {
 }
 
 impl WindowState {
-    /// The groups of each key group present, in group order.
-    pub fn groups_by_key_group(&self) -> BTreeMap<u16, Vec<u32>> {
-        let mut m: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-        for (g, &kg) in self.key_groups.iter().enumerate() {
-            m.entry(kg).or_default().push(g as u32);
+    /// The groups of each of `key_groups` (ascending) that has any, in
+    /// group order: one pass over the groups with a lookup table, not a map
+    /// lookup per group (a window can hold millions).
+    pub fn groups_of_key_groups(&self, key_groups: &[u16]) -> Vec<(u16, Vec<u32>)> {
+        let Some(&last) = key_groups.last() else {
+            return Vec::new();
+        };
+        let mut slot = vec![u32::MAX; usize::from(last) + 1];
+        for (i, &kg) in key_groups.iter().enumerate() {
+            slot[usize::from(kg)] = i as u32;
         }
-        m
+        let mut out: Vec<(u16, Vec<u32>)> = key_groups.iter().map(|&kg| (kg, Vec::new())).collect();
+        for (g, &kg) in self.key_groups.iter().enumerate() {
+            if let Some(&i) = slot.get(usize::from(kg))
+                && i != u32::MAX
+            {
+                out[i as usize].1.push(g as u32);
+            }
+        }
+        out.retain(|(_, groups)| !groups.is_empty());
+        out
     }
 
     /// The key groups updated since the last call, which forgets them.

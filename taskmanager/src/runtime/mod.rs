@@ -12,6 +12,7 @@ mod gate;
 pub mod metrics;
 mod output;
 mod phase;
+mod snapshotter;
 mod task;
 
 pub use gate::{GateState, InputGate};
@@ -44,6 +45,8 @@ pub enum Error {
     NoInput,
     #[error("the taskmanager stopped delivering checkpoint commands")]
     Detached,
+    #[error("the subtask's snapshotter stopped: its state backends are gone")]
+    SnapshotterStopped,
     /// Boxed: checkpoint errors carry paths and ids, and every runtime
     /// result would otherwise be as large.
     #[error(transparent)]
@@ -78,6 +81,7 @@ impl Error {
             | Error::InputClosed(_)
             | Error::Route { .. }
             | Error::Detached
+            | Error::SnapshotterStopped
             | Error::State(_)
             | Error::NoPlacement { .. }
             | Error::NoSuchSubtask { .. } => FailureClass::Infrastructure,

@@ -17,8 +17,9 @@
 //!   once the savepoint is committed, ends the stream without flushing:
 //!   the state is in the savepoint, and the restored job emits the rest.
 
-use super::checkpoint::{Command, Report, TaskState, Timings};
+use super::checkpoint::{Command, Report, TaskState};
 use super::phase::Phase;
+use super::snapshotter::Snapshotter;
 use super::{Error, InputGate, Outputs};
 use crate::operators::Chain;
 use crate::runtime::metrics::SubtaskMetrics;
@@ -76,7 +77,7 @@ impl Subtask {
             outputs,
             metrics,
             cp: checkpoints.map(|c| CpState {
-                state: c.state,
+                snapshotter: Snapshotter::start(c.state, c.reports.clone()),
                 positions: c.positions,
                 commands: c.commands,
                 reports: c.reports,
@@ -96,7 +97,7 @@ impl Subtask {
 }
 
 struct CpState {
-    state: TaskState,
+    snapshotter: Snapshotter,
     positions: Vec<StatePosition>,
     commands: mpsc::UnboundedReceiver<Command>,
     reports: mpsc::UnboundedSender<Report>,
@@ -319,7 +320,9 @@ impl Driver {
             return Ok(());
         }
         cp.last_completed = Some(id);
-        cp.state.complete(id);
+        cp.snapshotter
+            .complete(id)
+            .map_err(|_| Error::SnapshotterStopped)?;
         for op in &mut self.operators {
             op.notify_checkpoint_complete(id)?;
         }
@@ -341,17 +344,16 @@ impl Driver {
     }
 
     /// The barrier passes down the chain (each operator reports its state
-    /// changes) and goes downstream at once, as in Flink, so downstream
-    /// subtasks align while this one takes its synchronous snapshot (the
-    /// changes are captured already); the upload then runs in the
-    /// background.
+    /// changes); the changes go to the snapshotter, which applies them to
+    /// the backends and uploads off this thread, and the barrier goes
+    /// downstream. The subtask stops processing only for the chain's part.
     async fn checkpoint(
         &mut self,
         barrier: Barrier,
         source_changes: Option<StateChanges>,
         alignment: Duration,
     ) -> Result<(), Error> {
-        let chain_started = Instant::now();
+        let started = Instant::now();
         let mut changes = Vec::with_capacity(self.operators.len());
         let emitted = run_chain(
             &mut self.operators,
@@ -359,9 +361,6 @@ impl Driver {
             true,
             Some(&mut changes),
         )?;
-        let chain = chain_started.elapsed();
-        self.emit(emitted).await?;
-        let sync_started = Instant::now();
         if let Some(cp) = self.cp.as_mut() {
             let mut source_changes = source_changes;
             let mut by_op: Vec<Option<StateChanges>> = changes.into_iter().map(Some).collect();
@@ -379,46 +378,11 @@ impl Driver {
             if barrier.kind == BarrierKind::StopWithSavepoint {
                 cp.stopping = Some(barrier.checkpoint);
             }
-            let reports = cp.reports.clone();
-            let id = barrier.checkpoint;
-            match cp.state.snapshot(&barrier, node_changes) {
-                Ok(upload) => {
-                    let sync = chain + sync_started.elapsed();
-                    tokio::spawn(async move {
-                        let started = Instant::now();
-                        let report = match upload.await {
-                            Ok(snapshots) => Report::Ack {
-                                checkpoint: id,
-                                snapshots,
-                                timings: Timings {
-                                    alignment,
-                                    sync,
-                                    upload: started.elapsed(),
-                                },
-                            },
-                            Err(e) => {
-                                let reason = eddy_sdk::error::error_chain(&e).join(": ");
-                                tracing::warn!(checkpoint_id = id.0, %reason, "snapshot upload failed");
-                                Report::Decline {
-                                    checkpoint: id,
-                                    reason,
-                                }
-                            }
-                        };
-                        let _ = reports.send(report);
-                    });
-                }
-                Err(e) => {
-                    let reason = eddy_sdk::error::error_chain(&e).join(": ");
-                    tracing::warn!(checkpoint_id = id.0, %reason, "snapshot failed");
-                    let _ = reports.send(Report::Decline {
-                        checkpoint: id,
-                        reason,
-                    });
-                }
-            }
+            cp.snapshotter
+                .snapshot(barrier, node_changes, alignment, started.elapsed())
+                .map_err(|_| Error::SnapshotterStopped)?;
         }
-        Ok(())
+        self.emit(emitted).await
     }
 
     /// One element through the chain, then to the outputs.

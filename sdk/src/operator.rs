@@ -189,4 +189,10 @@ pub trait Source: Send {
     fn restore_state(&mut self, _state: RestoredState) -> Result<()> {
         Ok(())
     }
+
+    /// Checkpoint `checkpoint` was committed (sources that report their
+    /// positions elsewhere, such as Kafka group offsets, do it here).
+    fn notify_checkpoint_complete(&mut self, _checkpoint: crate::ids::CheckpointId) -> Result<()> {
+        Ok(())
+    }
 }

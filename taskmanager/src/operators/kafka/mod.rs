@@ -64,3 +64,6 @@ pub(crate) fn event_time_millis(col: &ArrayRef) -> Option<impl Fn(usize) -> Opti
         }
     })
 }
+
+#[cfg(test)]
+mod mock_tests;

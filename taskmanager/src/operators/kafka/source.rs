@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 pub const OFFSETS: &str = "offsets";
 /// At most this many records per poll (one batch).
 const MAX_RECORDS_PER_POLL: usize = 8192;
+/// Consumer errors for this long, with no record in between, fail the source.
+const ERROR_GRACE: Duration = Duration::from_secs(20);
 /// How long `poll` waits when librdkafka has nothing fetched.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
@@ -113,6 +115,8 @@ pub struct KafkaSource {
     watermark: i64,
     labels: NodeLabels,
     last_lag_update: Instant,
+    /// When the current run of consumer errors began, and its last error.
+    errors_since: Option<(Instant, Instant)>,
 }
 
 impl KafkaSource {
@@ -183,6 +187,7 @@ impl KafkaSource {
             watermark: i64::MIN,
             labels: NodeLabels::new(ctx, node),
             last_lag_update: Instant::now(),
+            errors_since: None,
         })
     }
 
@@ -252,8 +257,12 @@ impl KafkaSource {
             let msg = match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(self.consume_error(e)),
+                Some(Err(e)) => {
+                    self.consume_error(e)?;
+                    break;
+                }
             };
+            self.errors_since = None;
             let tp = (msg.topic().to_string(), msg.partition());
             let Some(p) = self.partitions.get(&tp) else {
                 continue; // left over from an older assignment
@@ -286,21 +295,38 @@ impl KafkaSource {
         Ok((records, tps))
     }
 
-    /// A consumer error: the broker is gone or refuses us.
-    fn consume_error(&self, e: KafkaError) -> OperatorError {
-        let class = match e.rdkafka_error_code() {
+    /// A consumer error. librdkafka retries connections itself, so a
+    /// transport error fails the source only when errors go on for
+    /// [`ERROR_GRACE`] without a record in between; authorization errors
+    /// fail it at once.
+    fn consume_error(&mut self, e: KafkaError) -> Result<(), OperatorError> {
+        let fatal = matches!(
+            e.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::UnknownTopicOrPartition,
-            ) => FailureClass::Connector,
-            _ => FailureClass::Connector,
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication
+            )
+        );
+        let now = Instant::now();
+        // A quiet spell ends a run of errors even without records (an idle
+        // topic).
+        let since = match self.errors_since {
+            Some((since, last)) if now.duration_since(last) < ERROR_GRACE / 2 => since,
+            _ => now,
         };
-        OperatorError::new(
-            class,
-            format!("kafka source `{}`: the consumer failed", self.node),
-        )
-        .with_source(e)
+        self.errors_since = Some((since, now));
+        if fatal || since.elapsed() >= ERROR_GRACE {
+            return Err(OperatorError::new(
+                FailureClass::Connector,
+                format!("kafka source `{}`: the consumer failed", self.node),
+            )
+            .with_source(e));
+        }
+        tracing::warn!(node = %self.node, subtask = self.ctx.subtask, error = %e, "kafka consumer error; librdkafka retries");
+        Ok(())
     }
 
     /// Decodes `records` per the format and error policy into the output batch.

@@ -198,3 +198,21 @@ fn kafka_sink_key_columns_are_checked_against_the_input() {
         (Some("o"), Some("key"))
     );
 }
+
+/// A window fed by a Kafka source with `event_time` takes the source's
+/// per-partition watermarks; without it, the window's assigner as usual.
+#[test]
+fn kafka_source_event_time_replaces_the_window_assigner() {
+    for (event_time, assigner) in [(", event_time: {column: ts}", false), ("", true)] {
+        let spec = check(&format!(
+            "name: x\nnodes:\n  - {{id: k, kind: kafka, bootstrap_servers: 'h:1', topics: [t], schema: [{{name: u, type: int64}}, {{name: ts, type: timestamp_ms}}]{event_time}}}\n  - {{id: f, kind: filter, input: k, predicate: 'u > 0'}}\n  - {{id: w, kind: window, input: f, key_by: [u], event_time: {{column: ts}}, window: {{type: tumbling, size: 1s}}, aggregates: [{{fn: count, as: n}}]}}\n  - {{id: o, kind: print, input: w}}\n"
+        ))
+        .unwrap();
+        let graph = crate::graph::build(&spec).unwrap();
+        assert_eq!(
+            graph.vertices[0].watermark.is_some(),
+            assigner,
+            "{event_time}"
+        );
+    }
+}

@@ -111,7 +111,7 @@ fn source_mock_offsets_restore_at_another_parallelism_without_loss_or_duplicates
     produce(
         &servers,
         "orders",
-        (0..200).map(|i| ((i % 4) as i32, format!(r#"{{"seq": {i}}}"#))),
+        (0..200).map(|i| (i % 4, format!(r#"{{"seq": {i}}}"#))),
     );
     let spec = job(&servers, "");
     let (mut a, mut b) = (source(&spec, 0, 2), source(&spec, 1, 2));
@@ -121,7 +121,7 @@ fn source_mock_offsets_restore_at_another_parallelism_without_loss_or_duplicates
     produce(
         &servers,
         "orders",
-        (200..400).map(|i| ((i % 4) as i32, format!(r#"{{"seq": {i}}}"#))),
+        (200..400).map(|i| (i % 4, format!(r#"{{"seq": {i}}}"#))),
     );
     let mut c = source(&spec, 0, 1);
     c.restore_state(StateImage::restore(

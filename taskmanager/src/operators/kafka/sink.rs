@@ -314,7 +314,7 @@ impl Operator for KafkaSink {
         let Mode::Exactly(x) = &mut self.mode else {
             return Ok(());
         };
-        let mut grouped: BTreeMap<(String, CheckpointId), Vec<(u32, Vec<u8>)>> = BTreeMap::new();
+        let mut grouped: BTreeMap<(String, CheckpointId), Vec<Chunk>> = BTreeMap::new();
         let mut keys = Vec::with_capacity(entries.len());
         for e in entries {
             let (txn_id, cp, chunk) = parse_key(&e.key).ok_or_else(|| {
@@ -536,6 +536,11 @@ impl Direct {
     }
 }
 
+/// A state entry's place: key group and key.
+type StateKey = (KeyGroup, Vec<u8>);
+/// A numbered chunk of encoded records.
+type Chunk = (u32, Vec<u8>);
+
 /// The exactly-once side: buffers and the committer.
 struct Exactly {
     txn_id: String,
@@ -544,13 +549,13 @@ struct Exactly {
     current: Vec<Rec>,
     /// Snapshotted buffers whose checkpoint is not committed yet, with
     /// their state keys.
-    pending: BTreeMap<CheckpointId, (Arc<Vec<Rec>>, Vec<(KeyGroup, Vec<u8>)>)>,
+    pending: BTreeMap<CheckpointId, (Arc<Vec<Rec>>, Vec<StateKey>)>,
     /// Buffers handed to the committer, awaiting its confirmation.
-    handed: BTreeMap<CheckpointId, Vec<(KeyGroup, Vec<u8>)>>,
+    handed: BTreeMap<CheckpointId, Vec<StateKey>>,
     /// State keys of restored buffers until the committer resolved them.
-    restoring: Option<Vec<(KeyGroup, Vec<u8>)>>,
+    restoring: Option<Vec<StateKey>>,
     /// State entries of buffers that are in Kafka: deleted at the next barrier.
-    to_delete: Vec<(KeyGroup, Vec<u8>)>,
+    to_delete: Vec<StateKey>,
     committer: Committer,
 }
 

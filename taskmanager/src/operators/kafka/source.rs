@@ -155,12 +155,7 @@ impl KafkaSource {
             KafkaFormat::Json => spec.schema.len(),
             KafkaFormat::Raw => 1,
         };
-        let value_schema = Arc::new(Schema::new(
-            schema.fields()[..value_columns]
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>(),
-        ));
+        let value_schema = Arc::new(Schema::new(schema.fields()[..value_columns].to_vec()));
         let event_time = spec.event_time.as_ref().and_then(|et| {
             schema
                 .index_of(&et.column)

@@ -151,7 +151,7 @@ impl Worker {
                         .map(|()| Done::Committed(last.unwrap_or(CheckpointId(0))))
                 }
             };
-            let failed = matches!(result, Err(_));
+            let failed = result.is_err();
             let msg = match result {
                 Ok(done) => done,
                 Err((what, e)) => Done::Failed(what, e),

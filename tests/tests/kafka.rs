@@ -64,12 +64,10 @@ async fn kafka_malformed_json_fails_the_job_naming_the_record() -> anyhow::Resul
         eddy_sdk::FailureClass::BadData,
         "{failure:?}"
     );
+    let chain = failure.chain.join(": ");
     assert!(
-        failure
-            .message
-            .contains("topic orders partition 1 offset 1"),
-        "{}",
-        failure.message
+        chain.contains("topic orders partition 1 offset 1"),
+        "{failure:?}"
     );
     Ok(())
 }

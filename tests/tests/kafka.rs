@@ -110,6 +110,19 @@ fn read_all(
     }
 }
 
+/// The `seq` field of JSON values, sorted.
+fn sorted_seqs(values: &[String]) -> Vec<i64> {
+    let mut seqs: Vec<i64> = values
+        .iter()
+        .map(|v| {
+            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
+            v["seq"].as_i64().expect("a seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
 /// Kafka -> filter -> Kafka with `delivery: exactly_once` in a running
 /// cluster: every matching record arrives once, keyed by the column asked
 /// for, and only after the checkpoints that cover it.
@@ -137,14 +150,7 @@ async fn kafka_exactly_once_pipeline_writes_each_record_once() -> anyhow::Result
         .await?;
     info!("--- reading the output");
     let got = read_all(&servers, "even", 1000, Duration::from_secs(3))?;
-    let mut seqs: Vec<i64> = got
-        .iter()
-        .map(|v| {
-            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
-            v["seq"].as_i64().expect("a seq")
-        })
-        .collect();
-    seqs.sort_unstable();
+    let seqs = sorted_seqs(&got);
     assert_eq!(seqs, (0..2000).step_by(2).collect::<Vec<i64>>());
     Ok(())
 }
@@ -178,12 +184,7 @@ async fn chaos(servers: &str, input: &str, output: &str, exact: bool) -> anyhow:
     let producing = std::thread::spawn(move || -> anyhow::Result<()> {
         for chunk in 0..60 {
             let values: Vec<(i32, String)> = (chunk * 100..(chunk + 1) * 100)
-                .map(|i| {
-                    (
-                        (i % 4) as i32,
-                        format!(r#"{{"seq": {i}, "k": {}}}"#, i % 10),
-                    )
-                })
+                .map(|i| (i % 4, format!(r#"{{"seq": {i}, "k": {}}}"#, i % 10)))
                 .collect();
             let refs: Vec<(i32, &str)> = values.iter().map(|(p, v)| (*p, v.as_str())).collect();
             produce(&producer_servers, &input_topic, &refs)?;
@@ -225,14 +226,7 @@ async fn chaos(servers: &str, input: &str, output: &str, exact: bool) -> anyhow:
     .map_err(|e| anyhow::anyhow!("{e}\nlogs:\n{}", cluster.log_tails(40)))?;
     let detail = cluster.client().job(&job).await?;
     anyhow::ensure!(detail.attempt >= 1, "the job never restarted");
-    let mut seqs: Vec<i64> = got
-        .iter()
-        .map(|v| {
-            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
-            v["seq"].as_i64().expect("a seq")
-        })
-        .collect();
-    seqs.sort_unstable();
+    let mut seqs = sorted_seqs(&got);
     let expected: Vec<i64> = (0..CHAOS_RECORDS).step_by(2).collect();
     if exact {
         assert_eq!(seqs, expected, "every even seq exactly once");

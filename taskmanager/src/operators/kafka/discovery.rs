@@ -254,21 +254,8 @@ impl Worker {
                 }
                 let committed = self.consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
                 for tp in tps {
-                    let at = committed
-                        .find_partition(&tp.0, tp.1)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(n) => Some(n),
-                            _ => None,
-                        });
-                    let at = match at {
-                        Some(n) => n,
-                        None => {
-                            self.consumer
-                                .fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)?
-                                .0
-                        }
-                    };
-                    out.push((tp.clone(), at));
+                    // No committed offset: the earliest.
+                    out.push((tp.clone(), self.found_or(&committed, tp, true)?));
                 }
             }
             StartFrom::Timestamp(t) => {
@@ -278,26 +265,31 @@ impl Worker {
                 }
                 let found = self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT)?;
                 for tp in tps {
-                    let at = found
-                        .find_partition(&tp.0, tp.1)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(n) => Some(n),
-                            _ => None,
-                        });
-                    let at = match at {
-                        Some(n) => n,
-                        // No record at or after the instant: the end.
-                        None => {
-                            self.consumer
-                                .fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)?
-                                .1
-                        }
-                    };
-                    out.push((tp.clone(), at));
+                    // No record at or after the instant: the end.
+                    out.push((tp.clone(), self.found_or(&found, tp, false)?));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The offset `found` has for `tp`, else its earliest (`low`) or end.
+    fn found_or(&self, found: &TopicPartitionList, tp: &Tp, low: bool) -> Result<i64, KafkaError> {
+        let at = found
+            .find_partition(&tp.0, tp.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            });
+        match at {
+            Some(n) => Ok(n),
+            None => {
+                let (l, h) = self
+                    .consumer
+                    .fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)?;
+                Ok(if low { l } else { h })
+            }
+        }
     }
 
     fn refresh_highs(&self, known: &HashSet<Tp>) {

@@ -47,6 +47,26 @@ pub(crate) fn connector_error(
     .with_source(e)
 }
 
+/// Produces `record`; while librdkafka's local queue is full (the broker is
+/// slower than the job), serves delivery reports and tries again, which is
+/// how a sink backpressures its job.
+pub(crate) fn send<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(std::time::Duration::from_millis(10));
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Reads an event-time column (timestamp ms or int64 ms) row by row.
 pub(crate) fn event_time_millis(col: &ArrayRef) -> Option<impl Fn(usize) -> Option<i64> + '_> {
     let int64 = match col.data_type() {

@@ -28,7 +28,7 @@ use eddy_sdk::operator_state::own_key_group;
 use eddy_sdk::plan::schema::RAW_VALUE;
 use eddy_sdk::spec::{Delivery, KafkaFormat, KafkaSinkSpec, SinkPartitioning};
 use rdkafka::client::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -471,23 +471,10 @@ impl Direct {
                 record = record.partition(rr.next % n);
                 rr.next = (rr.next + 1) % n;
             }
-            let mut record = record;
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    // The local queue is full: the broker is slower than the
-                    // job; waiting here backpressures the job.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        record = back;
-                    }
-                    Err((e, _)) => {
-                        METRICS.produce_errors.get_or_create(labels).inc();
-                        if self.at_least_once {
-                            return Err(connector_error(node, "cannot produce a record", e));
-                        }
-                        break;
-                    }
+            if let Err(e) = super::send(&self.producer, record) {
+                METRICS.produce_errors.get_or_create(labels).inc();
+                if self.at_least_once {
+                    return Err(connector_error(node, "cannot produce a record", e));
                 }
             }
         }

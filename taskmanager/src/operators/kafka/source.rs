@@ -488,23 +488,8 @@ impl KafkaSource {
         if let Some(v) = r.value.as_deref() {
             record = record.payload(v);
         }
-        let mut record = record;
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((e, _)) => {
-                    return Err(connector_error(
-                        &self.node,
-                        "cannot write to the dead-letter topic",
-                        e,
-                    ));
-                }
-            }
-        }
+        super::send(producer, record)
+            .map_err(|e| connector_error(&self.node, "cannot write to the dead-letter topic", e))?;
         producer.poll(Duration::ZERO);
         METRICS
             .records_dead_lettered

@@ -360,17 +360,7 @@ impl Worker {
                 record = record.partition(self.next_partition % n);
                 self.next_partition = (self.next_partition + 1) % n;
             }
-            let mut record = record;
-            loop {
-                match t.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        t.producer.poll(Duration::from_millis(10));
-                        record = back;
-                    }
-                    Err((e, _)) => return Err(e),
-                }
-            }
+            super::send(&t.producer, record)?;
         }
         let mut marker = TopicPartitionList::new();
         marker.add_partition_offset(&topic, 0, Offset::Offset(last.0 as i64))?;

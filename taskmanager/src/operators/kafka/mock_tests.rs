@@ -300,3 +300,43 @@ fn sink_mock_exactly_once_writes_only_at_commit_notices() {
     // Each record once (the mock writes no commit control records).
     assert_eq!(high(), 25);
 }
+
+/// Per-partition watermarks: the source's watermark is the minimum over its
+/// partitions, so a partition without records holds it back until it has
+/// been idle for `idle_timeout`; then the active partition alone drives it.
+#[test]
+fn source_mock_idle_partition_stops_holding_the_watermark_back() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("orders", 2, 1).unwrap();
+    let servers = cluster.bootstrap_servers();
+    produce(
+        &servers,
+        "orders",
+        (0..10).map(|i| (0, format!(r#"{{"seq": {i}, "ts": {}}}"#, 1000 + i))),
+    );
+    let spec = parse_yaml_or_json(&format!(
+        "name: k\nnodes:\n  - {{id: src, kind: kafka, bootstrap_servers: '{servers}', topics: [orders], schema: [{{name: seq, type: int64}}, {{name: ts, type: timestamp_ms}}], event_time: {{column: ts, max_out_of_orderness: 0s}}, idle_timeout: 300ms}}\n  - {{id: out, kind: blackhole, input: src}}\n"
+    ))
+    .unwrap();
+    let mut s = source(&spec, 0, 1);
+    let deadline = Instant::now() + BOUND;
+    let (mut rows, mut marks) = (0, Vec::new());
+    while marks.is_empty() {
+        assert!(Instant::now() < deadline, "no watermark");
+        let mut c = Collector::new();
+        s.poll(&mut c).unwrap();
+        for e in c.drain() {
+            match e {
+                eddy_sdk::operator::Element::Batch(b) => rows += b.num_rows(),
+                eddy_sdk::operator::Element::Watermark(wm) => marks.push((rows, wm)),
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Partition 1 never had a record: the first watermark comes once it is
+    // idle, from partition 0 alone (its highest event time read, minus 1).
+    let (read, wm) = marks[0];
+    assert!(read > 0);
+    assert_eq!(wm, 1000 + read as i64 - 2);
+}

@@ -33,10 +33,6 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
         "transaction.timeout.ms",
         "use the field `transaction_timeout`",
     ),
-    (
-        "enable.idempotence",
-        "the field `delivery` decides idempotence",
-    ),
 ];
 
 /// A Kafka node: which side it is follows from `input`.

@@ -123,9 +123,6 @@ impl KafkaSink {
                 if !round_robin {
                     config.set("partitioner", "murmur2_random");
                 }
-                if delivery == Delivery::AtLeastOnce {
-                    config.set("enable.idempotence", "true");
-                }
                 let errors = Arc::new(Errors::default());
                 let producer = config
                     .create_with_context(DeliveryErrors(Arc::clone(&errors)))

@@ -308,3 +308,69 @@ async fn kafka_broker_outage_of_30s_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(seqs, (0..2000).step_by(2).collect::<Vec<i64>>());
     Ok(())
 }
+
+/// The issue's example spec, as written (with the mock's address): orders
+/// with `amount >= 10` reach `big-orders` keyed by user, exactly once, and a
+/// record that is not JSON goes to `orders-bad`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_issue_example_spec_runs_as_written() -> anyhow::Result<()> {
+    eddy_tests::init_logging();
+    let mock = MockCluster::new(1)?;
+    for topic in ["orders", "big-orders", "orders-bad"] {
+        mock.create_topic(topic, 2, 1)?;
+    }
+    let servers = mock.bootstrap_servers();
+    let orders: Vec<(i32, String)> = (0..200)
+        .map(|i| {
+            (
+                i % 2,
+                format!(
+                    r#"{{"order_id": {i}, "user_id": {}, "amount": {}.5, "ts": {}}}"#,
+                    i % 7,
+                    i % 20,
+                    1_764_806_400_000i64 + i64::from(i) * 100
+                ),
+            )
+        })
+        .collect();
+    let mut refs: Vec<(i32, &str)> = orders.iter().map(|(p, v)| (*p, v.as_str())).collect();
+    refs.push((1, "not json"));
+    produce(&servers, "orders", &refs)?;
+    let cluster = Cluster::builder().taskmanagers(1).slots(2).start().await?;
+    let storage = cluster.dir().join("checkpoints");
+    let spec = format!(
+        r#"
+name: big-orders
+parallelism: 2
+checkpoint: {{interval: 5s, storage: "{}"}}
+nodes:
+  - {{id: orders, kind: kafka, bootstrap_servers: "{servers}", topics: [orders],
+     start_from: earliest, format: json,
+     schema: [{{name: order_id, type: int64}}, {{name: user_id, type: int64}},
+              {{name: amount, type: float64}}, {{name: ts, type: timestamp_ms}}],
+     event_time: {{column: ts, max_out_of_orderness: 1s}}, idle_timeout: 10s,
+     on_error: dead_letter, dead_letter_topic: orders-bad,
+     properties: {{fetch.min.bytes: "1"}}}}
+  - {{id: big, kind: filter, input: orders, predicate: "amount >= 10"}}
+  - {{id: out, kind: kafka, input: big, bootstrap_servers: "{servers}", topic: big-orders,
+     format: json, key: [user_id], delivery: exactly_once}}
+"#,
+        storage.display()
+    );
+    cluster.client().submit(&spec).await?;
+    let got = read_all(&servers, "big-orders", 100, Duration::from_secs(2))?;
+    let mut ids: Vec<i64> = got
+        .iter()
+        .map(|v| {
+            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
+            assert!(v["amount"].as_f64().expect("an amount") >= 10.0, "{v}");
+            v["order_id"].as_i64().expect("an order id")
+        })
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<i64> = (0..200).filter(|i| i % 20 >= 10).collect();
+    assert_eq!(ids, expected);
+    let bad = read_all(&servers, "orders-bad", 1, Duration::from_secs(1))?;
+    assert_eq!(bad, vec!["not json".to_string()]);
+    Ok(())
+}

@@ -156,6 +156,22 @@ async fn kafka_exactly_once_pipeline_writes_each_record_once() -> anyhow::Result
     let got = read_all(&servers, "even", 1000, Duration::from_secs(3))?;
     let seqs = sorted_seqs(&got);
     assert_eq!(seqs, (0..2000).step_by(2).collect::<Vec<i64>>());
+    info!("--- the source subtasks report no lag in the job detail");
+    let client = cluster.client();
+    cluster
+        .wait_until(LONG, "source subtasks report a lag of 0", || {
+            let client = client.clone();
+            let job = job.clone();
+            async move {
+                let detail = client.job(&job).await?;
+                let source = &detail.vertices[0].subtasks;
+                Ok(source.len() == 2
+                    && source
+                        .iter()
+                        .all(|s| s.metrics.source_lag_records == Some(0)))
+            }
+        })
+        .await?;
     Ok(())
 }
 

@@ -161,6 +161,11 @@ impl Driver {
                 })
                 .sum();
             self.metrics.records_in.fetch_add(rows as u64, Relaxed);
+            let m = source.metrics();
+            if let (Some(records), Some(ms)) = (m.source_lag_records, m.source_lag_ms) {
+                self.metrics.source_lag_records.store(records, Relaxed);
+                self.metrics.source_lag_ms.store(ms, Relaxed);
+            }
             for e in produced {
                 self.process(e).await?;
             }

@@ -115,6 +115,8 @@ pub struct KafkaSource {
     watermark: i64,
     labels: NodeLabels,
     last_lag_update: Instant,
+    /// Records behind and the oldest lagging age (ms), at the last update.
+    lag: Option<(u64, u64)>,
     /// When the current run of consumer errors began, and its last error.
     errors_since: Option<(Instant, Instant)>,
 }
@@ -183,6 +185,7 @@ impl KafkaSource {
             labels: NodeLabels::new(ctx, node),
             last_lag_update: Instant::now(),
             errors_since: None,
+            lag: None,
         })
     }
 
@@ -553,21 +556,36 @@ impl KafkaSource {
         self.last_lag_update = Instant::now();
         let Some(d) = &self.discovery else { return };
         let highs = d.high_watermarks();
+        let (mut total, mut oldest_ms) = (0u64, 0u64);
         for (tp, p) in &self.partitions {
             if let Some(high) = highs.get(tp) {
                 let lag = (high - p.next).max(0);
                 METRICS.lag_records.get_or_create(&p.labels).set(lag);
-                let age = match p.last_timestamp {
-                    Some(ts) if lag > 0 => (now_ms() - ts).max(0) as f64 / 1000.0,
-                    _ => 0.0,
+                let age_ms = match p.last_timestamp {
+                    Some(ts) if lag > 0 => (now_ms() - ts).max(0) as u64,
+                    _ => 0,
                 };
-                METRICS.lag_seconds.get_or_create(&p.labels).set(age);
+                METRICS
+                    .lag_seconds
+                    .get_or_create(&p.labels)
+                    .set(age_ms as f64 / 1000.0);
+                total += lag as u64;
+                oldest_ms = oldest_ms.max(age_ms);
             }
         }
+        self.lag = Some((total, oldest_ms));
     }
 }
 
 impl Source for KafkaSource {
+    fn metrics(&self) -> eddy_sdk::operator::OperatorMetrics {
+        eddy_sdk::operator::OperatorMetrics {
+            source_lag_records: self.lag.map(|l| l.0),
+            source_lag_ms: self.lag.map(|l| l.1),
+            ..Default::default()
+        }
+    }
+
     fn poll(&mut self, out: &mut Collector) -> Result<SourcePoll, OperatorError> {
         if self.discovery.is_none() {
             self.discovery = Some(discovery::spawn(

@@ -67,6 +67,26 @@ pub(crate) fn send<C: rdkafka::producer::ProducerContext>(
     }
 }
 
+/// How many partitions `topic` has; an error when it has none (it does not
+/// exist).
+pub(crate) fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, rdkafka::error::KafkaError> {
+    let md = client.fetch_metadata(Some(topic), std::time::Duration::from_secs(30))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if n == 0 {
+        return Err(rdkafka::error::KafkaError::MetadataFetch(
+            rdkafka::error::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    Ok(n)
+}
+
 /// Reads an event-time column (timestamp ms or int64 ms) row by row.
 pub(crate) fn event_time_millis(col: &ArrayRef) -> Option<impl Fn(usize) -> Option<i64> + '_> {
     let int64 = match col.data_type() {

@@ -434,24 +434,9 @@ impl Direct {
         if let Some(rr) = &mut self.round_robin
             && rr.partitions.is_none()
         {
-            let md = self
-                .producer
-                .client()
-                .fetch_metadata(Some(topic), Duration::from_secs(30))
-                .map_err(|e| connector_error(node, "cannot read the topic's metadata", e))?;
-            let n = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .map_or(0, |t| t.partitions().len() as i32);
-            if n == 0 {
-                return Err(OperatorError::new(
-                    FailureClass::Connector,
-                    format!(
-                        "kafka sink `{node}`: topic {topic} has no partitions (does it exist?)"
-                    ),
-                ));
-            }
+            let n = super::partition_count(self.producer.client(), topic).map_err(|e| {
+                connector_error(node, &format!("cannot count the partitions of {topic}"), e)
+            })?;
             rr.partitions = Some(n);
         }
         let mut bytes = 0u64;

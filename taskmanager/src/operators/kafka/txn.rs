@@ -333,20 +333,7 @@ impl Worker {
     ) -> Result<(), KafkaError> {
         let topic = self.setup.spec.topic.clone();
         if self.setup.round_robin && self.partitions.is_none() {
-            let md = t
-                .producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-            let n = md
-                .topics()
-                .iter()
-                .find(|m| m.name() == topic)
-                .map_or(0, |m| m.partitions().len() as i32);
-            if n == 0 {
-                return Err(KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::UnknownTopicOrPartition,
-                ));
-            }
+            let n = super::partition_count(t.producer.client(), &topic)?;
             self.partitions = Some(n);
         }
         t.producer.begin_transaction()?;

@@ -278,18 +278,33 @@ fn sink_mock_exactly_once_writes_only_at_commit_notices() {
     let mut s = sink(&spec);
     let mut out = Collector::new();
     s.on_batch(seq_batch(0..10), &mut out).unwrap();
+    let mut image = StateImage::default();
     let mut changes = StateChanges::new();
     s.snapshot_state(&barrier(1), &mut changes).unwrap();
     assert!(!changes.is_empty(), "the buffer is in the checkpoint");
+    image.apply(changes);
     // Checkpoint 1 is aborted; 2 is taken and committed.
     s.on_batch(seq_batch(10..25), &mut out).unwrap();
-    s.snapshot_state(&barrier(2), &mut StateChanges::new())
-        .unwrap();
+    let mut changes = StateChanges::new();
+    s.snapshot_state(&barrier(2), &mut changes).unwrap();
+    image.apply(changes);
     // A transaction is written only at a notice: nothing yet.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(high(), 0);
     s.notify_checkpoint_complete(CheckpointId(2)).unwrap();
-    drop(s); // waits for the committer
+    // Once the transaction is committed, the next barrier drops the
+    // buffers from the state.
+    let deadline = Instant::now() + BOUND;
+    let mut n = 3;
+    while !image.is_empty() {
+        assert!(Instant::now() < deadline, "the buffers stay in the state");
+        std::thread::sleep(Duration::from_millis(50));
+        let mut changes = StateChanges::new();
+        s.snapshot_state(&barrier(n), &mut changes).unwrap();
+        image.apply(changes);
+        n += 1;
+    }
+    drop(s);
     let got = consume(&servers, "big", 25);
     let values: BTreeSet<String> = got
         .iter()

@@ -355,3 +355,93 @@ fn source_mock_idle_partition_stops_holding_the_watermark_back() {
     assert!(read > 0);
     assert_eq!(wm, 1000 + read as i64 - 2);
 }
+
+/// `format: raw` with every metadata column, over a `topic_pattern`: a
+/// matching topic created while the source runs is found by discovery and
+/// read from its start.
+#[test]
+fn source_mock_raw_metadata_and_pattern_discovery() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("ev-a", 1, 1).unwrap();
+    let servers = cluster.bootstrap_servers();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .unwrap();
+    p.send(
+        BaseRecord::to("ev-a")
+            .partition(0)
+            .key("k1")
+            .payload("\u{1}raw")
+            .timestamp(1234)
+            .headers(
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: "h",
+                    value: Some("v"),
+                }),
+            ),
+    )
+    .unwrap();
+    p.flush(BOUND).unwrap();
+    let spec = parse_yaml_or_json(&format!(
+        "name: k\nnodes:\n  - {{id: src, kind: kafka, bootstrap_servers: '{servers}', topic_pattern: '^ev-.*', format: raw, metadata: [key, headers, timestamp, topic, partition, offset], partition_discovery_interval: 200ms}}\n  - {{id: out, kind: blackhole, input: src}}\n"
+    ))
+    .unwrap();
+    let mut s = source(&spec, 0, 1);
+    let first = poll_until(&mut [&mut s], 1);
+    let b = &first[0];
+    assert_eq!(b.column(0).as_binary::<i32>().value(0), b"\x01raw");
+    assert_eq!(b.column(1).as_string::<i32>().value(0), "k1");
+    assert_eq!(b.column(2).as_string::<i32>().value(0), r#"{"h":"v"}"#);
+    assert_eq!(
+        b.column(3)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+            .value(0),
+        1234
+    );
+    assert_eq!(b.column(4).as_string::<i32>().value(0), "ev-a");
+    cluster.create_topic("ev-b", 1, 1).unwrap();
+    cluster.create_topic("other", 1, 1).unwrap();
+    produce(&servers, "other", [(0, "no".to_string())]);
+    produce(&servers, "ev-b", [(0, "yes".to_string())]);
+    let later = poll_until(&mut [&mut s], 1);
+    assert_eq!(later[0].column(0).as_binary::<i32>().value(0), b"yes");
+    assert_eq!(later[0].column(4).as_string::<i32>().value(0), "ev-b");
+}
+
+/// `at_least_once` with `format: raw` and round-robin partitioning: every
+/// record is acknowledged by the barrier, spread over the partitions.
+#[test]
+fn sink_mock_at_least_once_raw_round_robin() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("raw", 2, 1).unwrap();
+    let servers = cluster.bootstrap_servers();
+    let spec = parse_yaml_or_json(&format!(
+        "name: k\nnodes:\n  - {{id: gen, kind: datagen, fields: [{{name: value, type: utf8, gen: sequence}}]}}\n  - {{id: out, kind: kafka, input: gen, bootstrap_servers: '{servers}', topic: raw, format: raw}}\n"
+    ))
+    .unwrap();
+    let mut s = sink(&spec);
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("value", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![std::sync::Arc::new(arrow::array::StringArray::from(vec![
+            "a", "b", "c", "d",
+        ]))],
+    )
+    .unwrap();
+    s.on_batch(batch, &mut Collector::new()).unwrap();
+    s.snapshot_state(&barrier(1), &mut StateChanges::new())
+        .unwrap();
+    // Acknowledged at the barrier: both partitions hold two records now.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", "count")
+        .create()
+        .unwrap();
+    for partition in 0..2 {
+        assert_eq!(c.fetch_watermarks("raw", partition, BOUND).unwrap().1, 2);
+    }
+    assert_eq!(consume(&servers, "raw", 2).len(), 2);
+}

@@ -246,6 +246,19 @@ async fn chaos(servers: &str, input: &str, output: &str, exact: bool) -> anyhow:
     .map_err(|e| anyhow::anyhow!("{e}\nlogs:\n{}", cluster.log_tails(40)))?;
     let detail = cluster.client().job(&job).await?;
     anyhow::ensure!(detail.attempt >= 1, "the job never restarted");
+    // At least one restart resumed from a checkpoint: the sources' offsets
+    // came from it, not from `start_from`.
+    let exceptions = eddy_tests::windowed_job::exceptions(&cluster.rest_url(), &job).await?;
+    let restored = exceptions["exceptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["restore_checkpoint"].as_u64())
+        .count();
+    anyhow::ensure!(
+        restored >= 1,
+        "no restart restored a checkpoint: {exceptions:#}"
+    );
     let mut seqs = sorted_seqs(&got);
     let expected: Vec<i64> = (0..CHAOS_RECORDS).step_by(2).collect();
     if exact {

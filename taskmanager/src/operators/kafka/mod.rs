@@ -10,8 +10,10 @@
 
 pub mod assign;
 pub mod decode;
+mod direct;
 mod discovery;
 pub mod metrics;
+mod records;
 pub mod sink;
 pub mod source;
 mod txn;

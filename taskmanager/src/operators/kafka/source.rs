@@ -16,22 +16,22 @@
 use super::decode::JsonDecoder;
 use super::discovery::{self, Assignment, Discovery};
 use super::metrics::{METRICS, NodeLabels, PartitionLabels};
+pub use super::records::Tp;
+use super::records::{Raw, dead_letter_record, metadata_column, parse_state_key, state_key};
 use super::{client_config, connector_error};
 use crate::operators::TaskContext;
-use arrow::array::{
-    ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
-};
+use arrow::array::{ArrayRef, BinaryBuilder, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
 use eddy_sdk::FailureClass;
 use eddy_sdk::ids::{CheckpointId, NodeId};
 use eddy_sdk::operator::{
     Barrier, Collector, OperatorError, RestoredState, Source, SourcePoll, StateChanges,
 };
-use eddy_sdk::spec::{KafkaFormat, KafkaMetadata, KafkaSourceSpec, OnError};
+use eddy_sdk::spec::{KafkaFormat, KafkaSourceSpec, OnError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{Header, Headers, Message};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -45,25 +45,6 @@ const MAX_RECORDS_PER_POLL: usize = 8192;
 const ERROR_GRACE: Duration = Duration::from_secs(20);
 /// How long `poll` waits when librdkafka has nothing fetched.
 const IDLE_POLL: Duration = Duration::from_millis(10);
-
-/// A partition, as the state key spells it: `topic \0 partition`.
-pub type Tp = (String, i32);
-
-pub fn state_key(tp: &Tp) -> Vec<u8> {
-    let mut k = tp.0.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&tp.1.to_be_bytes());
-    k
-}
-
-pub fn parse_state_key(key: &[u8]) -> Option<Tp> {
-    let split = key.len().checked_sub(5)?;
-    if key[split] != 0 {
-        return None;
-    }
-    let partition = i32::from_be_bytes(key[split + 1..].try_into().ok()?);
-    Some((String::from_utf8(key[..split].to_vec()).ok()?, partition))
-}
 
 /// One assigned partition.
 struct Partition {
@@ -80,16 +61,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// One record as read, before decoding.
-struct Raw {
-    tp: usize,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    timestamp: Option<i64>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 pub struct KafkaSource {
@@ -382,63 +353,9 @@ impl KafkaSource {
             return Ok(None);
         }
         let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-        let good = || rows.iter().map(|&i| &records[i]);
+        let good: Vec<&Raw> = rows.iter().map(|&i| &records[i]).collect();
         for m in &self.spec.metadata {
-            let col: ArrayRef = match m {
-                KafkaMetadata::Key => {
-                    let mut b = StringBuilder::new();
-                    for r in good() {
-                        b.append_option(r.key.as_deref().map(String::from_utf8_lossy));
-                    }
-                    Arc::new(b.finish())
-                }
-                KafkaMetadata::Headers => {
-                    let mut b = StringBuilder::new();
-                    for r in good() {
-                        let obj: serde_json::Map<String, serde_json::Value> = r
-                            .headers
-                            .iter()
-                            .map(|(k, v)| {
-                                let v = v.as_deref().map_or(serde_json::Value::Null, |v| {
-                                    serde_json::Value::String(String::from_utf8_lossy(v).into())
-                                });
-                                (k.clone(), v)
-                            })
-                            .collect();
-                        b.append_value(serde_json::Value::Object(obj).to_string());
-                    }
-                    Arc::new(b.finish())
-                }
-                KafkaMetadata::Timestamp => {
-                    let mut b = TimestampMillisecondBuilder::new();
-                    for r in good() {
-                        b.append_option(r.timestamp);
-                    }
-                    Arc::new(b.finish())
-                }
-                KafkaMetadata::Topic => {
-                    let mut b = StringBuilder::new();
-                    for r in good() {
-                        b.append_value(&tps[r.tp].0);
-                    }
-                    Arc::new(b.finish())
-                }
-                KafkaMetadata::Partition => {
-                    let mut b = Int64Builder::new();
-                    for r in good() {
-                        b.append_value(i64::from(tps[r.tp].1));
-                    }
-                    Arc::new(b.finish())
-                }
-                KafkaMetadata::Offset => {
-                    let mut b = Int64Builder::new();
-                    for r in good() {
-                        b.append_value(r.offset);
-                    }
-                    Arc::new(b.finish())
-                }
-            };
-            columns.push(col);
+            columns.push(metadata_column(*m, &good, tps));
         }
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| {
             crate::operators::plan_error(format!(
@@ -464,34 +381,7 @@ impl KafkaSource {
         let (Some(producer), Some(dlq)) = (&self.dead_letter, &self.spec.dead_letter_topic) else {
             return Ok(());
         };
-        let error = err.to_string();
-        let partition_s = partition.to_string();
-        let offset_s = r.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "eddy.error",
-                value: Some(error.as_bytes()),
-            })
-            .insert(Header {
-                key: "eddy.topic",
-                value: Some(topic.as_bytes()),
-            })
-            .insert(Header {
-                key: "eddy.partition",
-                value: Some(partition_s.as_bytes()),
-            })
-            .insert(Header {
-                key: "eddy.offset",
-                value: Some(offset_s.as_bytes()),
-            });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(dlq).headers(headers);
-        if let Some(k) = r.key.as_deref() {
-            record = record.key(k);
-        }
-        if let Some(v) = r.value.as_deref() {
-            record = record.payload(v);
-        }
-        super::send(producer, record)
+        super::send(producer, dead_letter_record(dlq, r, topic, partition, err))
             .map_err(|e| connector_error(&self.node, "cannot write to the dead-letter topic", e))?;
         producer.poll(Duration::ZERO);
         METRICS
@@ -743,23 +633,5 @@ impl Source for KafkaSource {
             tracing::warn!(node = %self.node, checkpoint_id = checkpoint.0, error = %e, "kafka source could not commit offsets to its group");
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_state_key_roundtrips() {
-        for tp in [
-            ("orders".to_string(), 3),
-            ("a.b".to_string(), 0),
-            (String::new(), i32::MAX),
-            ("t".to_string(), 256),
-        ] {
-            assert_eq!(parse_state_key(&state_key(&tp)), Some(tp));
-        }
-        assert_eq!(parse_state_key(b"no-zero"), None);
     }
 }

@@ -8,6 +8,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The partition test (tests/tests/ha_partition.rs) runs processes in network
+# namespaces with iproute2's `ip`.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # librocksdb-sys generates its bindings with bindgen, which loads libclang.
 # (libclang-cpp, which other packages bring, is not it: bindgen needs libclang.so.)
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null || need_apt+=(libclang-dev)

@@ -283,6 +283,7 @@ impl Node {
             .set_commands(key, attempt, commands, chain.source.is_some());
         let (reports, mut from_task) = mpsc::unbounded_channel::<Report>();
         let node = self.clone();
+        let task = key.clone();
         let subtask = pb::SubtaskRef {
             job_id: key.job_id.0.clone(),
             vertex: key.vertex.0,
@@ -291,9 +292,15 @@ impl Node {
         };
         tokio::spawn(async move {
             while let Some(report) = from_task.recv().await {
-                let message = report_to_pb(&node.tm_id.0, &subtask, report);
-                if node.checkpoint_reports.send(message).is_err() {
-                    return;
+                match report_to_pb(&node.tm_id.0, &subtask, report) {
+                    Some(message) => {
+                        if node.checkpoint_reports.send(message).is_err() {
+                            return;
+                        }
+                    }
+                    // The source's input ended: its status (whose watermark
+                    // says so) goes to the JobManager now.
+                    None => node.tasks.report_now(&task, attempt),
                 }
             }
         });
@@ -561,9 +568,14 @@ async fn run_subtask(
     }
 }
 
-/// A subtask's checkpoint report as the JobManager receives it.
-fn report_to_pb(tm_id: &str, subtask: &pb::SubtaskRef, report: Report) -> CheckpointMessage {
-    match report {
+/// A subtask's checkpoint report as the JobManager receives it (`None`
+/// for the end of a source's input, which goes as a task status).
+fn report_to_pb(
+    tm_id: &str,
+    subtask: &pb::SubtaskRef,
+    report: Report,
+) -> Option<CheckpointMessage> {
+    Some(match report {
         Report::Ack {
             checkpoint,
             snapshots,
@@ -593,7 +605,8 @@ fn report_to_pb(tm_id: &str, subtask: &pb::SubtaskRef, report: Report) -> Checkp
                 reason,
             })
         }
-    }
+        Report::InputEnded => return None,
+    })
 }
 
 fn millis(d: std::time::Duration) -> u64 {

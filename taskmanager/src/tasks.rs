@@ -187,6 +187,19 @@ impl TaskTable {
         let _ = self.reports.send(status);
     }
 
+    /// Reports the subtask's status with its current metrics now, instead
+    /// of at the next heartbeat.
+    pub fn report_now(&self, key: &TaskKey, attempt: Attempt) {
+        let status = {
+            let map = self.lock();
+            let Some(e) = map.get(key).filter(|e| e.attempt == attempt) else {
+                return;
+            };
+            Self::status(key, e)
+        };
+        let _ = self.reports.send(status);
+    }
+
     /// Connects `attempt` of the subtask to checkpoint commands.
     pub fn set_commands(
         &self,
@@ -384,6 +397,23 @@ mod tests {
             pb::TaskState::Canceled,
         ];
         assert_eq!(states, expected.map(|s| s as i32));
+    }
+
+    /// A source whose input ended is reported at once with its watermark,
+    /// and only for the attempt that is current.
+    #[test]
+    fn report_now_sends_current_metrics_of_current_attempt_only() {
+        let (t, mut rx) = TaskTable::new();
+        let metrics = t.insert(key(), Attempt(1), 0, CancellationToken::new());
+        t.transition(&key(), Attempt(1), pb::TaskState::Running, None);
+        while rx.try_recv().is_ok() {}
+        metrics.watermark.store(i64::MAX, Relaxed);
+        t.report_now(&key(), Attempt(0));
+        assert!(rx.try_recv().is_err(), "a stale attempt reports nothing");
+        t.report_now(&key(), Attempt(1));
+        let s = rx.try_recv().expect("a status report");
+        assert_eq!(s.state, pb::TaskState::Running as i32);
+        assert_eq!(s.metrics.map(|m| m.watermark_ms), Some(i64::MAX));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ha;
+pub mod netns;
 pub mod nexmark_reference;
 pub mod windowed_job;
 
@@ -53,6 +55,8 @@ pub struct Node {
     child: Option<Child>,
     /// Stopped with SIGSTOP and not resumed.
     paused: bool,
+    /// Cut off the network ([`Cluster::cut`]) and not healed.
+    cut: bool,
     /// The ready file's content from the last start.
     pub ready: serde_json::Value,
 }
@@ -66,6 +70,7 @@ impl Node {
             args,
             child: None,
             paused: false,
+            cut: false,
             ready: serde_json::Value::Null,
         };
         node.spawn()?;
@@ -158,9 +163,9 @@ impl Node {
         Ok(())
     }
 
-    /// Started, not killed and not paused: it can answer.
+    /// Started, not killed, not paused and not cut off: it can answer.
     pub fn is_live(&self) -> bool {
-        self.child.is_some() && !self.paused
+        self.child.is_some() && !self.paused && !self.cut
     }
 
     /// `http://<rest_addr>` (JobManagers).
@@ -233,6 +238,7 @@ pub struct ClusterBuilder {
     slots: u32,
     heartbeat_timeout: String,
     kpu_memory: Option<String>,
+    netns: bool,
 }
 
 impl ClusterBuilder {
@@ -259,13 +265,33 @@ impl ClusterBuilder {
         self.kpu_memory = Some(m.to_string());
         self
     }
+    /// Runs every process in its own network namespace ([`netns`]), so
+    /// [`Cluster::cut`] can partition one off. Needs root.
+    pub fn network_namespaces(mut self) -> Self {
+        self.netns = true;
+        self
+    }
 
     pub async fn start(self) -> anyhow::Result<Cluster> {
         init_logging();
         let dir = tempfile::Builder::new().prefix("eddy-test-").tempdir()?;
         let bins = bin_dir();
+        let mut net = if self.netns {
+            Some(netns::Network::create()?)
+        } else {
+            None
+        };
+        let names: Vec<String> = (1..=self.jobmanagers)
+            .map(|id| format!("jobmanager-{id}"))
+            .collect();
         // A group's members must know each other's rpc addresses up front.
-        let rpc_addrs: Vec<String> = if self.jobmanagers == 1 {
+        let rpc_addrs: Vec<String> = if let Some(net) = &mut net {
+            // Each namespace has its own ports: any fixed one is free.
+            names
+                .iter()
+                .map(|name| Ok(format!("{}:6123", net.add_host(name)?.ip)))
+                .collect::<anyhow::Result<_>>()?
+        } else if self.jobmanagers == 1 {
             vec!["127.0.0.1:0".into()]
         } else {
             free_ports(self.jobmanagers)?
@@ -281,15 +307,19 @@ impl ClusterBuilder {
             .join(",");
         let mut jms = Vec::new();
         for (i, rpc_addr) in rpc_addrs.iter().enumerate() {
-            let name = format!("jobmanager-{}", i + 1);
-            let jm_dir = dir.path().join(&name);
+            let name = &names[i];
+            let jm_dir = dir.path().join(name);
+            let rest_addr = match &net {
+                Some(net) => format!("{}:0", net.host(name).expect("added above").ip),
+                None => "127.0.0.1:0".into(),
+            };
             let mut args: Vec<String> = vec![
                 "--id".into(),
                 (i + 1).to_string(),
                 "--data-dir".into(),
                 jm_dir.display().to_string(),
                 "--rest-addr".into(),
-                "127.0.0.1:0".into(),
+                rest_addr,
                 "--rpc-addr".into(),
                 rpc_addr.clone(),
                 "--heartbeat-timeout".into(),
@@ -300,12 +330,8 @@ impl ClusterBuilder {
             if self.jobmanagers > 1 {
                 args.extend(["--peers".into(), peers.clone()]);
             }
-            jms.push(Node::start(
-                &name,
-                bins.join("eddy-jobmanager"),
-                args,
-                jm_dir,
-            )?);
+            let (bin, args) = in_namespace(net.as_ref(), name, bins.join("eddy-jobmanager"), args);
+            jms.push(Node::start(name, bin, args, jm_dir)?);
         }
         let mut cluster = Cluster {
             dir: Some(dir),
@@ -313,12 +339,30 @@ impl ClusterBuilder {
             tms: Vec::new(),
             slots: self.slots,
             kpu_memory: self.kpu_memory,
+            net,
         };
         for _ in 0..self.taskmanagers {
             cluster.add_taskmanager()?;
         }
         cluster.wait_for_taskmanagers(self.taskmanagers).await?;
         Ok(cluster)
+    }
+}
+
+/// The command line that runs `bin args` as process `name`: in its own
+/// network namespace when the cluster has them.
+fn in_namespace(
+    net: Option<&netns::Network>,
+    name: &str,
+    bin: PathBuf,
+    args: Vec<String>,
+) -> (PathBuf, Vec<String>) {
+    match net {
+        Some(net) => {
+            let (bin, args) = net.wrap(name, &bin, args);
+            (PathBuf::from(bin), args)
+        }
+        None => (bin, args),
     }
 }
 
@@ -342,6 +386,9 @@ pub struct Cluster {
     pub tms: Vec<Node>,
     slots: u32,
     kpu_memory: Option<String>,
+    /// The network namespaces, when the cluster runs in them (dropped after
+    /// the processes).
+    net: Option<netns::Network>,
 }
 
 impl Cluster {
@@ -352,6 +399,7 @@ impl Cluster {
             slots: 1,
             heartbeat_timeout: "3s".into(),
             kpu_memory: Some("256MiB".into()),
+            netns: false,
         }
     }
 
@@ -438,9 +486,54 @@ impl Cluster {
         if let Some(m) = &self.kpu_memory {
             args.extend(["--kpu-memory".into(), m.clone()]);
         }
-        let node = Node::start(&name, bin_dir().join("eddy-taskmanager"), args, dir)?;
+        if let Some(net) = &mut self.net {
+            let ip = net.add_host(&name)?.ip;
+            args.extend([
+                "--rpc-addr".into(),
+                format!("{ip}:0"),
+                "--metrics-addr".into(),
+                format!("{ip}:0"),
+            ]);
+        }
+        let (bin, args) = in_namespace(
+            self.net.as_ref(),
+            &name,
+            bin_dir().join("eddy-taskmanager"),
+            args,
+        );
+        let node = Node::start(&name, bin, args, dir)?;
         self.tms.push(node);
         Ok(self.tms.last_mut().expect("just pushed"))
+    }
+
+    /// Cuts process `name` off the network: every link to and from it
+    /// (JobManagers, TaskManagers, the test) drops its packets until
+    /// [`Cluster::heal`]. Needs [`ClusterBuilder::network_namespaces`].
+    pub fn cut(&mut self, name: &str) -> anyhow::Result<()> {
+        self.net
+            .as_ref()
+            .context("the cluster runs without network namespaces")?
+            .cut(name)?;
+        self.node_mut(name)?.cut = true;
+        Ok(())
+    }
+
+    /// Plugs a process cut off by [`Cluster::cut`] back in.
+    pub fn heal(&mut self, name: &str) -> anyhow::Result<()> {
+        self.net
+            .as_ref()
+            .context("the cluster runs without network namespaces")?
+            .heal(name)?;
+        self.node_mut(name)?.cut = false;
+        Ok(())
+    }
+
+    fn node_mut(&mut self, name: &str) -> anyhow::Result<&mut Node> {
+        self.jms
+            .iter_mut()
+            .chain(self.tms.iter_mut())
+            .find(|n| n.name == name)
+            .with_context(|| format!("no process named {name}"))
     }
 
     /// Waits until the leader counts `n` live TaskManagers (only the

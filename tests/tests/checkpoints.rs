@@ -217,8 +217,12 @@ async fn damaged_checkpoint_is_detected_and_the_job_falls_back_to_the_previous_o
     // Two of the three TaskManagers hold at least one of the four subtasks.
     cluster.tms[0].kill9()?;
     cluster.tms[1].kill9()?;
-    // A checkpoint acknowledged just before the kill may still commit.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // A checkpoint acknowledged just before the kill may still commit until
+    // the JobManager sees the loss: then it aborts whatever is pending and
+    // waits out the restart backoff (3 s) before restoring.
+    cluster
+        .wait_for_job_state(&job, JobState::Restarting, Duration::from_secs(60))
+        .await?;
     let (damaged_id, chk) = newest_completed(&cluster, &storage, &job).await?;
     anyhow::ensure!(corrupt(&chk)? > 0, "nothing to damage in {}", chk.display());
     cluster.tms[0].restart()?;

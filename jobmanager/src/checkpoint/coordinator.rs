@@ -491,6 +491,28 @@ impl Coordinator {
         actions
     }
 
+    /// Raft did not commit `id` because this JobManager no longer leads.
+    /// That is no failure of the checkpoint (the new leader may still
+    /// commit the entry this one proposed) nor of the job: the checkpoint
+    /// is dropped without counting towards `tolerable_failures`, so a
+    /// deposed leader never asks to fail the job, and nothing is sent to
+    /// the TaskManagers, which already follow the newer term (the new
+    /// leader aborts the checkpoints it inherits).
+    pub fn on_leadership_lost(&mut self, id: CheckpointId, now_ms: i64) {
+        if self.pending.as_ref().is_none_or(|p| p.id != id) {
+            return;
+        }
+        self.pending = None;
+        tracing::info!(job_id = %self.job, checkpoint_id = %id, "checkpoint left to the next leader: this jobmanager no longer leads");
+        self.last_end_ms = Some(now_ms);
+        self.stats.update(id, |e| {
+            e.status = Status::Failed;
+            e.end_time_ms = Some(now_ms);
+            e.failure = Some("this jobmanager stopped leading before the commit".into());
+        });
+        self.stats.finished(id);
+    }
+
     /// The job's tasks were redeployed (after a failure or a rescale),
     /// restored from `restored_from` when set. A checkpoint still collecting
     /// acknowledgements is aborted (its subtasks are gone); one already

@@ -487,6 +487,31 @@ fn commit_failure_fails_the_checkpoint() {
     assert_eq!(c.stats().failed, 1);
 }
 
+/// Found by the JobManager chaos test: a leader paused while its
+/// checkpoint was in Raft resumed deposed, its commit was refused as "not
+/// the leader", and the coordinator counted that as a checkpoint failure:
+/// with no tolerable failures it asked to fail (restart) the job. Losing
+/// the leadership now drops the checkpoint without an abort or a job
+/// failure, and does not count towards the tolerable failures.
+#[test]
+fn issue_7_commit_refused_for_lost_leadership_does_not_fail_the_job() {
+    let mut c = coordinator(3, 1);
+    let id = triggered(&c.tick(INTERVAL)).unwrap();
+    ack_all(&mut c, id, INTERVAL + 1);
+    c.on_leadership_lost(id, INTERVAL + 2);
+    assert_eq!(c.pending(), None);
+    assert_eq!(c.stats().completed, 0);
+
+    let next = triggered(&c.tick(3 * INTERVAL)).unwrap();
+    assert!(next > id, "{next:?} after {id:?}");
+    ack_all(&mut c, next, 3 * INTERVAL + 1);
+    let a = c.on_commit_failed(next, "raft write failed", 3 * INTERVAL + 2);
+    assert!(
+        matches!(a.as_slice(), [Action::Abort { .. }]),
+        "one real failure is tolerated: {a:?}"
+    );
+}
+
 #[derive(Clone, Debug)]
 enum Event {
     Advance(i64),

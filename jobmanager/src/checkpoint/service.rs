@@ -12,7 +12,7 @@ use super::files::{delete_checkpoints, prepare_commit};
 use super::hub::{Event, OperationStatus};
 use super::{Action, Coordinator};
 use crate::cluster_state::{Command, CompletedCheckpoint, JobRecord};
-use crate::context::{Context, now_ms};
+use crate::context::{Context, WriteError, now_ms};
 use eddy_proto::v1 as pb;
 use eddy_sdk::ids::{Attempt, CheckpointId, JobId, TaskManagerId};
 use eddy_sdk::storage::CheckpointStorage;
@@ -347,6 +347,10 @@ impl Service {
                             job.coordinator.final_checkpoint_committed();
                         }
                         actions
+                    }
+                    Err(WriteError::NotLeader { .. }) => {
+                        job.coordinator.on_leadership_lost(p.id, now);
+                        Vec::new()
                     }
                     Err(e) => job.coordinator.on_commit_failed(p.id, &e.to_string(), now),
                 }

@@ -55,6 +55,9 @@ struct Group {
     next: u32,
     /// Best first; equal scores in arrival order.
     kept: Vec<(i64, OwnedRow)>,
+    /// Whether a barrier reported it (it has an entry in the backend, to
+    /// delete once it is emitted).
+    written: bool,
 }
 
 pub struct TopN {
@@ -153,6 +156,7 @@ impl TopN {
             time,
             next: head,
             kept: Vec::new(),
+            written: false,
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -54,10 +54,13 @@ impl TopNCheckpoint {
         self.dirty.mark(g);
     }
 
-    /// `group` was emitted: its entry goes.
+    /// `group` was emitted: its entry goes, if a barrier wrote one (a group
+    /// opened and emitted between two barriers never reached the backend).
     pub(super) fn fired(&mut self, group: &Group) {
-        self.fired
-            .push((group.key_group, group.key.row().data().to_vec()));
+        if group.written {
+            self.fired
+                .push((group.key_group, group.key.row().data().to_vec()));
+        }
     }
 
     fn take_dirty(&mut self) -> Vec<u32> {
@@ -81,9 +84,10 @@ impl TopN {
         };
         for g in ids {
             // Emitted since it changed: its delete is reported above.
-            let Some(group) = self.groups.get(g as usize).and_then(Option::as_ref) else {
+            let Some(group) = self.groups.get_mut(g as usize).and_then(Option::as_mut) else {
                 continue;
             };
+            group.written = true;
             let len: usize = group
                 .kept
                 .iter()
@@ -159,6 +163,7 @@ impl TopN {
                 return Err(corrupt("a group is stored twice"));
             }
             group.kept = kept;
+            group.written = true;
         }
         Ok(())
     }

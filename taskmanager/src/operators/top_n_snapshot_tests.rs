@@ -162,6 +162,29 @@ fn top_n_snapshot_after_a_small_change_reports_only_that_group() {
     assert_eq!(h.image(0).len(), newer + 1);
 }
 
+/// Groups opened and emitted between two barriers never reached the
+/// backend: the barrier after them deletes nothing.
+#[test]
+fn top_n_groups_emitted_between_barriers_are_not_deleted() {
+    let spec = spec(3, SortOrder::Desc, true);
+    let data = data();
+    let mut h = subtask(&spec, 0, 1);
+    h.checkpoint(1).unwrap();
+    let mut out = Vec::new();
+    // Ends 1_000..=3_000 open and are emitted; 4_000 and 5_000 stay open.
+    for chunk in data[..1_020].chunks(60) {
+        feed(std::slice::from_mut(&mut h), chunk, &mut out);
+    }
+    assert!(!out.is_empty(), "groups were emitted");
+    h.checkpoint(2).unwrap();
+    let open = h.image(0).len() - 1;
+    assert_eq!(
+        h.image(0).last_changes,
+        (false, open + 1),
+        "the open groups' entries and the watermark, no delete"
+    );
+}
+
 #[test]
 fn top_n_restore_rejects_corrupt_values_and_unknown_states() {
     let spec = spec(3, SortOrder::Desc, true);

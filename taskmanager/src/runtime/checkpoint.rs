@@ -66,6 +66,10 @@ pub enum Report {
         checkpoint: CheckpointId,
         reason: String,
     },
+    /// The source read all its input and waits for the job's final
+    /// checkpoint: the JobManager should hear it now, not at the next
+    /// heartbeat, so that it triggers that checkpoint at once.
+    InputEnded,
 }
 
 /// Where a job's state lives on this TaskManager and in object storage.

@@ -174,8 +174,9 @@ impl Driver {
                 // stream ends after the final checkpoint.
                 self.process(Element::Watermark(i64::MAX)).await?;
                 self.account_busy(started, backpressured);
-                phase = if self.cp.is_some() {
+                phase = if let Some(cp) = &self.cp {
                     tracing::info!("source finished; waiting for the final checkpoint");
+                    let _ = cp.reports.send(Report::InputEnded);
                     Phase::Draining
                 } else {
                     Phase::End { flush: true }
@@ -349,15 +350,17 @@ impl Driver {
     }
 
     /// The barrier passes down the chain (each operator reports its state
-    /// changes), the synchronous snapshot is taken, the barrier goes
-    /// downstream, and the upload runs in the background.
+    /// changes) and goes downstream at once, as in Flink, so downstream
+    /// subtasks align while this one takes its synchronous snapshot (the
+    /// changes are captured already); the upload then runs in the
+    /// background.
     async fn checkpoint(
         &mut self,
         barrier: Barrier,
         source_changes: Option<StateChanges>,
         alignment: Duration,
     ) -> Result<(), Error> {
-        let sync_started = Instant::now();
+        let chain_started = Instant::now();
         let mut changes = Vec::with_capacity(self.operators.len());
         let emitted = run_chain(
             &mut self.operators,
@@ -365,6 +368,9 @@ impl Driver {
             true,
             Some(&mut changes),
         )?;
+        let chain = chain_started.elapsed();
+        self.emit(emitted).await?;
+        let sync_started = Instant::now();
         if let Some(cp) = self.cp.as_mut() {
             let mut source_changes = source_changes;
             let mut by_op: Vec<Option<StateChanges>> = changes.into_iter().map(Some).collect();
@@ -386,7 +392,7 @@ impl Driver {
             let id = barrier.checkpoint;
             match cp.state.snapshot(&barrier, node_changes) {
                 Ok(upload) => {
-                    let sync = sync_started.elapsed();
+                    let sync = chain + sync_started.elapsed();
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let report = match upload.await {
@@ -421,7 +427,7 @@ impl Driver {
                 }
             }
         }
-        self.emit(emitted).await
+        Ok(())
     }
 
     /// One element through the chain, then to the outputs.

@@ -4,7 +4,8 @@
 //! so parallelism 2 crosses process boundaries), then runs every query at
 //! every parallelism flat out over a fixed number of events, measuring:
 //!
-//! * throughput: events over the JobManager's RUNNING-to-FINISHED time;
+//! * throughput: events over the JobManager's RUNNING-to-FINISHED time, and
+//!   the steady rate in the middle of the run (`progress.rs`);
 //! * CPU seconds of all TaskManagers per million events (`/proc`);
 //! * each TaskManager's peak RSS during the run (reset between runs);
 //! * bytes sent over remote channels (TaskManager to TaskManager);
@@ -17,6 +18,7 @@
 //! `<out>/output/<query>-p<p>/` for the correctness check in the test suite.
 
 mod procstat;
+mod progress;
 mod queries;
 mod report;
 
@@ -24,6 +26,7 @@ use super::cluster::{LocalCluster, Options, default_bin_dir};
 use crate::client::Client;
 use crate::rest::{JobDetail, JobState};
 use anyhow::{Context, bail};
+use progress::Progress;
 use queries::{Query, Run};
 use report::{LatencyRun, Report, ThroughputRun};
 use std::io::{IsTerminal, Write};
@@ -74,6 +77,13 @@ pub struct BenchArgs {
     /// The state backend of checkpointed runs: memory or rocksdb.
     #[arg(long, default_value = "memory")]
     state_backend: String,
+    /// Events per second of event time in the throughput runs, over all
+    /// subtasks (default: Nexmark's 10 000). Flat out, the generator then
+    /// runs event time about 1 000 times faster than the wall clock; a rate
+    /// near the throughput makes event time follow the wall clock, as in a
+    /// live stream.
+    #[arg(long)]
+    event_time_rate: Option<f64>,
 }
 
 /// The quick mode's settings.
@@ -98,6 +108,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.events == 0 {
         bail!("--events must be positive");
+    }
+    if args
+        .event_time_rate
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        bail!("--event-time-rate must be a positive number of events per second");
     }
     let queries = queries::select(&args.queries)?;
     let checkpoint = match &args.checkpoint_interval {
@@ -187,7 +203,11 @@ async fn run_suite(
                 parallelism: p,
                 events: args.events,
                 rate: None,
-                event_time_rate: args.quick.then_some(QUICK_EVENT_TIME_RATE),
+                event_time_rate: if args.quick {
+                    Some(QUICK_EVENT_TIME_RATE)
+                } else {
+                    args.event_time_rate
+                },
                 output: output.as_deref(),
                 checkpoint,
             };
@@ -228,21 +248,27 @@ async fn throughput(
         procstat::reset_peak_rss(pid);
     }
     let cpu_before: f64 = pids.iter().filter_map(|&p| procstat::cpu_seconds(p)).sum();
-    let detail = run_job(cluster, &spec, label, run.events).await?;
+    let (detail, progress) = run_job(cluster, &spec, label, run.events).await?;
     let cpu_after: f64 = pids.iter().filter_map(|&p| procstat::cpu_seconds(p)).sum();
     let seconds = job_seconds(&detail)?;
     let events = run.events as f64;
     let subtasks = || detail.vertices.iter().flat_map(|v| &v.subtasks);
+    let source_rows = detail.vertices.first().map_or(0, |v| v.records_in);
     Ok(ThroughputRun {
         query: query.name.into(),
         parallelism: run.parallelism,
         job_id: detail.id.clone(),
         events: run.events,
-        source_rows: detail.vertices.first().map_or(0, |v| v.records_in),
+        source_rows,
         sink_rows: detail.vertices.last().map_or(0, |v| v.records_in),
         seconds,
         events_per_second: events / seconds,
         events_per_second_per_slot: events / seconds / f64::from(run.parallelism),
+        // Rows of the query's table stand for all events in the same ratio.
+        steady_events_per_second: progress
+            .steady_rows_per_second()
+            .filter(|_| source_rows > 0)
+            .map(|rows| rows * events / source_rows as f64),
         cpu_seconds_per_million_events: (cpu_after - cpu_before) / (events / 1e6),
         peak_rss_bytes: pids
             .iter()
@@ -271,7 +297,7 @@ async fn latency(
         checkpoint: None,
     };
     let spec = query.spec(&run)?;
-    let detail = run_job(cluster, &spec, label, events).await?;
+    let (detail, _) = run_job(cluster, &spec, label, events).await?;
     let sink = detail
         .vertices
         .iter()
@@ -294,22 +320,34 @@ async fn latency(
     })
 }
 
+/// How often a run's job is polled: a tenth of the heartbeat interval, so
+/// that the source counts' change points are that close (`progress.rs`).
+const POLL: Duration = Duration::from_millis(100);
+
 /// Submits `spec`, shows progress until the job ends, and returns its final
-/// detail; a job that does not finish is an error with its failure.
+/// detail and its sources' progress; a job that does not finish is an error
+/// with its failure.
 async fn run_job(
     cluster: &mut LocalCluster,
     spec: &crate::spec::JobSpec,
     label: &str,
     events: u64,
-) -> anyhow::Result<JobDetail> {
+) -> anyhow::Result<(JobDetail, Progress)> {
     let client: Client = cluster.client();
     let job = client.submit(&spec.to_json()).await?.job_id;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_line = Instant::now();
+    let mut progress = Progress::default();
     loop {
         cluster.check_alive()?;
         let detail = client.job(&job).await?;
+        if let Some(source) = detail.vertices.first() {
+            progress.observe(
+                Instant::now(),
+                source.subtasks.iter().map(|s| s.metrics.records_in),
+            );
+        }
         let rows = detail.vertices.first().map_or(0, |v| v.records_in);
         let line = format!(
             "{label}: {} {:.1}M source rows ({:.0}% of {:.1}M events) {:.0}s",
@@ -323,7 +361,7 @@ async fn run_job(
         match detail.state {
             JobState::Finished => {
                 eprintln!("{}{line}", if tty { "\r\x1b[2K" } else { "" });
-                return Ok(detail);
+                return Ok((detail, progress));
             }
             JobState::Failed | JobState::Canceled => {
                 eprintln!();
@@ -342,7 +380,7 @@ async fn run_job(
             _ => {}
         }
         let _ = std::io::stderr().flush();
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

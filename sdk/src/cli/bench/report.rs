@@ -40,6 +40,10 @@ pub struct ThroughputRun {
     pub seconds: f64,
     pub events_per_second: f64,
     pub events_per_second_per_slot: f64,
+    /// The sources' rate in the middle of the run (10% to 90% of each
+    /// source subtask's rows), in events: without the job's start and end.
+    #[serde(default)]
+    pub steady_events_per_second: Option<f64>,
     /// CPU (user + system) of all TaskManagers per million events.
     pub cpu_seconds_per_million_events: f64,
     /// Peak resident memory of each TaskManager during the run.
@@ -102,9 +106,9 @@ impl Report {
         );
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         s.push_str(
-            "| query | p | events | events/s | events/s/slot | CPU s / M events | peak RSS per TM (MiB) | bytes between TMs | latency p50 / p99 (ms) |\n",
+            "| query | p | events | events/s | steady events/s | events/s/slot | CPU s / M events | peak RSS per TM (MiB) | bytes between TMs | latency p50 / p99 (ms) |\n",
         );
-        s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.runs {
             let latency = self
                 .latency
@@ -117,11 +121,13 @@ impl Report {
             let rss: Vec<String> = r.peak_rss_bytes.iter().map(|b| mib(*b)).collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
                 r.query,
                 r.parallelism,
                 millions(r.events as f64),
                 millions(r.events_per_second),
+                r.steady_events_per_second
+                    .map_or_else(|| "–".to_string(), millions),
                 millions(r.events_per_second_per_slot),
                 r.cpu_seconds_per_million_events,
                 rss.join(" / "),
@@ -186,6 +192,7 @@ mod tests {
             seconds: 1.0,
             events_per_second: 10e6,
             events_per_second_per_slot: 10e6 / f64::from(p),
+            steady_events_per_second: Some(11e6),
             cpu_seconds_per_million_events: 0.1,
             peak_rss_bytes: vec![64 << 20, 32 << 20],
             bytes_between_taskmanagers: 0,

@@ -40,6 +40,12 @@ pub(super) struct Checkpointed {
     pub(super) open: BTreeSet<i64>,
     /// Fired windows updated (late records) or fired since the last barrier.
     pub(super) fired: BTreeSet<i64>,
+    /// Windows with entries in the backend under `"windows"`, and under
+    /// `"fired_windows"`: only those have entries to delete when they leave
+    /// a state. (A window opened and fired between two barriers, the common
+    /// case when event time runs fast, never reached the backend.)
+    written_open: BTreeSet<i64>,
+    written_fired: BTreeSet<i64>,
     /// Entries to delete: (state, window end, key groups).
     deleted: Vec<(&'static str, i64, Vec<u16>)>,
     /// The watermark reported last (`None`: report everything next time).
@@ -52,6 +58,8 @@ impl Checkpointed {
             own: own_key_group(&ctx.key_groups()),
             open: BTreeSet::new(),
             fired: BTreeSet::new(),
+            written_open: BTreeSet::new(),
+            written_fired: BTreeSet::new(),
             deleted: Vec::new(),
             reported: None,
         }
@@ -59,14 +67,15 @@ impl Checkpointed {
 
     /// Window `end` left state `name` (`WINDOWS` or `FIRED_WINDOWS`).
     pub(super) fn dropped(&mut self, name: &'static str, end: i64, state: &WindowState) {
-        let dirty = if name == WINDOWS {
-            &mut self.open
+        let (dirty, written) = if name == WINDOWS {
+            (&mut self.open, &mut self.written_open)
         } else {
-            &mut self.fired
+            (&mut self.fired, &mut self.written_fired)
         };
         dirty.remove(&end);
-        self.deleted
-            .push((name, end, state.groups_by_key_group().into_keys().collect()));
+        if written.remove(&end) {
+            self.deleted.push((name, end, state.key_groups_present()));
+        }
     }
 
     /// Window `end` fired and is kept for late records: its entries move
@@ -85,6 +94,8 @@ impl Checkpointed {
         if all {
             changes.clear_all();
             self.deleted.clear();
+            self.written_open.clear();
+            self.written_fired.clear();
         }
         for (name, end, kgs) in self.deleted.drain(..) {
             for kg in kgs {
@@ -108,12 +119,14 @@ impl Checkpointed {
 }
 
 /// Reports windows `ends` of `windows` under state `name`: the key groups
-/// updated since the last snapshot, or all of them.
+/// updated since the last snapshot, or all of them. `written` gains the
+/// windows reported.
 fn report(
     name: &'static str,
     windows: &mut BTreeMap<i64, WindowState>,
     ends: BTreeSet<i64>,
     all: bool,
+    written: &mut BTreeSet<i64>,
     changes: &mut StateChanges,
 ) {
     let ends: Vec<i64> = if all {
@@ -123,12 +136,14 @@ fn report(
     };
     for end in ends {
         if let Some(state) = windows.get_mut(&end) {
+            written.insert(end);
             let dirty = state.take_dirty_key_groups();
-            let mut by_kg = state.groups_by_key_group();
-            if !all {
-                by_kg.retain(|kg, _| dirty.binary_search(kg).is_ok());
-            }
-            for (kg, groups) in by_kg {
+            let kgs = if all {
+                state.key_groups_present()
+            } else {
+                dirty
+            };
+            for (kg, groups) in state.groups_of_key_groups(&kgs) {
                 changes.put(
                     name,
                     KeyGroup(u32::from(kg)),
@@ -147,8 +162,23 @@ impl Window {
         let all = self.checkpoint.start(changes);
         let open = std::mem::take(&mut self.checkpoint.open);
         let fired = std::mem::take(&mut self.checkpoint.fired);
-        report(WINDOWS, &mut self.windows, open, all, changes);
-        report(FIRED_WINDOWS, &mut self.fired, fired, all, changes);
+        let c = &mut self.checkpoint;
+        report(
+            WINDOWS,
+            &mut self.windows,
+            open,
+            all,
+            &mut c.written_open,
+            changes,
+        );
+        report(
+            FIRED_WINDOWS,
+            &mut self.fired,
+            fired,
+            all,
+            &mut c.written_fired,
+            changes,
+        );
         self.checkpoint.finish(self.watermark, changes);
     }
 

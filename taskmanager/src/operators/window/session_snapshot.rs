@@ -22,7 +22,7 @@ use crate::operators::TaskContext;
 use crate::operators::window::accumulators::take;
 use crate::operators::window::keys::DirtyKeys;
 use crate::operators::window::session_state::{KeyTable, NOT_INDEXED};
-use crate::operators::window::state::BatchKeys;
+use crate::operators::window::state::{BatchKeys, NONE};
 use crate::operators::window::{WATERMARK, corrupt_state, restored_watermark, unknown_states};
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
@@ -44,8 +44,12 @@ pub(super) struct SessionCheckpoint {
     own: KeyGroup,
     /// Keys whose sessions changed since the last barrier.
     dirty: DirtyKeys,
-    /// Changed keys dropped since (no sessions left): their entries go.
+    /// Changed keys dropped since (no sessions left) that have an entry in
+    /// the backend: their entries go.
     dropped: Vec<(u16, Vec<u8>)>,
+    /// Per key number: whether a barrier wrote the key's entry (a key whose
+    /// sessions all came and went between two barriers has none to delete).
+    written: Vec<bool>,
     /// The watermark reported last (`None`: report everything next time).
     reported: Option<i64>,
 }
@@ -56,6 +60,7 @@ impl SessionCheckpoint {
             own: own_key_group(&ctx.key_groups()),
             dirty: DirtyKeys::default(),
             dropped: Vec::new(),
+            written: Vec::new(),
             reported: None,
         }
     }
@@ -70,7 +75,7 @@ impl SessionCheckpoint {
     /// changed ones among them, to delete their entries.
     pub(super) fn before_compaction(&mut self, keys: &KeyTable) {
         for k in self.dirty.iter() {
-            if keys.open[k as usize].is_empty() {
+            if keys.open[k as usize].is_empty() && self.is_written(k) {
                 let mut key = Vec::new();
                 keys.key_bytes(k, &mut key);
                 self.dropped.push((keys.key_groups()[k as usize], key));
@@ -81,6 +86,17 @@ impl SessionCheckpoint {
     /// After compaction: follows the renumbering of the surviving keys.
     pub(super) fn after_compaction(&mut self, renumbered: &[u32]) {
         self.dirty.renumber(renumbered);
+        let mut written = Vec::with_capacity(self.written.len());
+        for (k, &new) in renumbered.iter().enumerate() {
+            if new != NONE && self.is_written(k as u32) {
+                set_written(&mut written, new, true);
+            }
+        }
+        self.written = written;
+    }
+
+    fn is_written(&self, k: u32) -> bool {
+        self.written.get(k as usize).copied().unwrap_or(false)
     }
 
     fn take_dirty(&mut self) -> Vec<u32> {
@@ -97,6 +113,7 @@ impl SessionWindow {
             changes.clear_all();
             self.checkpoint.take_dirty();
             self.checkpoint.dropped.clear();
+            self.checkpoint.written.clear();
             (0..self.keys.num_keys() as u32)
                 .filter(|&k| !self.keys.open[k as usize].is_empty())
                 .collect()
@@ -112,9 +129,13 @@ impl SessionWindow {
             self.keys.key_bytes(k, &mut key);
             let open = &self.keys.open[k as usize];
             if open.is_empty() {
-                changes.delete(SESSIONS, kg, key);
+                if self.checkpoint.is_written(k) {
+                    changes.delete(SESSIONS, kg, key);
+                    set_written(&mut self.checkpoint.written, k, false);
+                }
                 continue;
             }
+            set_written(&mut self.checkpoint.written, k, true);
             let with_fired = open.iter().any(|&s| self.slots.fired[s as usize]);
             let mut value = Vec::with_capacity(5 + open.len() * 40);
             value.push(if with_fired { FORMAT_FIRED } else { FORMAT });
@@ -286,4 +307,12 @@ fn decode_keys(
         }
         (true, None) => Err("row-format keys need their converter".into()),
     }
+}
+
+fn set_written(written: &mut Vec<bool>, k: u32, value: bool) {
+    let i = k as usize;
+    if written.len() <= i {
+        written.resize(i + 1, false);
+    }
+    written[i] = value;
 }

@@ -145,6 +145,26 @@ fn session_incremental_snapshots_across_firing_and_compaction_hold_the_full_stat
     assert_eq!(a[&(Some(4_999), Some("eu".into()), 4_999, 5_015)].0, 2);
 }
 
+/// Keys whose sessions open and fire between two barriers never reached
+/// the backend: the next barrier deletes nothing for them.
+#[test]
+fn session_keys_come_and_gone_between_barriers_are_not_deleted() {
+    let spec = spec(&["region", "user"], 10, 0);
+    let mut h = OperatorHarness::new(vec![Box::new(alone(&spec, 0, 1))]);
+    h.checkpoint(1).unwrap();
+    let many: Vec<Row> = (0..5_000).map(|k| row(k, k)).collect();
+    h.batch(to_batch(&many)).unwrap();
+    // 4_900 sessions fire (their keys are compacted away), two keys change.
+    h.watermark(4_908).unwrap();
+    h.batch(to_batch(&[row(4_999, 5_005), row(3, 6_000)]))
+        .unwrap();
+    h.checkpoint(2).unwrap();
+    let (clear, changes) = h.image(0).last_changes;
+    assert!(!clear);
+    assert_eq!(changes, 100 + 1 + 1, "the open keys and the watermark only");
+    assert_eq!(h.image(0).len(), 100 + 1 + 1);
+}
+
 #[test]
 fn session_snapshot_after_a_small_change_reports_only_that_key() {
     let spec = spec(&["user"], GAP as u64, 300);

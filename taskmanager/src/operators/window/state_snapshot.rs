@@ -13,32 +13,59 @@ use crate::operators::window::accumulators::take;
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::row::RowConverter;
 use eddy_sdk::plan::hash::hash_columns;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const FORMAT: u8 = 1;
 
-impl WindowState {
-    /// The groups of each key group present, in group order.
-    pub fn groups_by_key_group(&self) -> BTreeMap<u16, Vec<u32>> {
-        let mut m: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
-        for (g, &kg) in self.key_groups.iter().enumerate() {
-            m.entry(kg).or_default().push(g as u32);
+/// The key groups set in a bitset of `set_dirty`, in order.
+fn key_groups_in(bits: &[u64]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for (w, &bits) in bits.iter().enumerate() {
+        let mut b = bits;
+        while b != 0 {
+            out.push((w * 64 + b.trailing_zeros() as usize) as u16);
+            b &= b - 1;
         }
-        m
+    }
+    out
+}
+
+impl WindowState {
+    /// The groups of each of `key_groups` (ascending) that has any, in
+    /// group order: one pass over the groups with a lookup table, not a map
+    /// lookup per group (a window can hold millions).
+    pub fn groups_of_key_groups(&self, key_groups: &[u16]) -> Vec<(u16, Vec<u32>)> {
+        let Some(&last) = key_groups.last() else {
+            return Vec::new();
+        };
+        let mut slot = vec![u32::MAX; usize::from(last) + 1];
+        for (i, &kg) in key_groups.iter().enumerate() {
+            slot[usize::from(kg)] = i as u32;
+        }
+        let mut out: Vec<(u16, Vec<u32>)> = key_groups.iter().map(|&kg| (kg, Vec::new())).collect();
+        for (g, &kg) in self.key_groups.iter().enumerate() {
+            if let Some(&i) = slot.get(usize::from(kg))
+                && i != u32::MAX
+            {
+                out[i as usize].1.push(g as u32);
+            }
+        }
+        out.retain(|(_, groups)| !groups.is_empty());
+        out
     }
 
     /// The key groups updated since the last call, which forgets them.
     pub fn take_dirty_key_groups(&mut self) -> Vec<u16> {
-        let mut out = Vec::new();
-        for (w, bits) in self.dirty.iter_mut().enumerate() {
-            let mut b = std::mem::take(bits);
-            while b != 0 {
-                out.push((w * 64 + b.trailing_zeros() as usize) as u16);
-                b &= b - 1;
-            }
+        key_groups_in(&std::mem::take(&mut self.dirty))
+    }
+
+    /// The key groups that have groups in this window, in order.
+    pub fn key_groups_present(&self) -> Vec<u16> {
+        let mut bits = Vec::new();
+        for &kg in &self.key_groups {
+            set_dirty(&mut bits, kg);
         }
-        out
+        key_groups_in(&bits)
     }
 
     /// Marks every key group present as updated (the window moves to

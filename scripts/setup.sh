@@ -14,6 +14,10 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # librocksdb-sys generates its bindings with bindgen, which loads libclang.
 # (libclang-cpp, which other packages bring, is not it: bindgen needs libclang.so.)
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null || need_apt+=(libclang-dev)
+# rdkafka builds librdkafka with cmake; its OAUTHBEARER/OIDC code includes
+# curl's headers even when curl itself is off.
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+[ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""

@@ -9,14 +9,16 @@
 //! repartition (a `window` and an `aggregate` hash their keys and a `top_n`
 //! its partition columns, so each starts a new vertex).
 //!
-//! Watermark assigners go only at the end of the vertex feeding a `window`.
+//! Watermark assigners go only at the end of the vertex feeding a `window`
+//! (unless that vertex starts with a Kafka source with `event_time`, whose
+//! per-partition watermarks pass through).
 //! A `top_n` consumes the watermarks its input forwards (a window forwards its
 //! input's after firing), so it must have a window upstream and gets no
 //! assigner of its own.
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{NodeId, VertexId};
-use crate::spec::{JobSpec, NodeKind};
+use crate::spec::{JobSpec, KafkaSpec, NodeKind};
 use serde::{Deserialize, Serialize};
 
 /// A chain of nodes run as one task per subtask.
@@ -174,6 +176,18 @@ pub fn build(spec: &JobSpec) -> Result<JobGraph, ApiError> {
             .iter_mut()
             .find(|v| v.nodes.last() == Some(input))
             .expect("a window always starts a vertex, so its input ends one");
+        // A Kafka source with `event_time` makes per-partition watermarks
+        // (with idleness); they pass through the chain instead.
+        let source_event_time = v
+            .nodes
+            .first()
+            .and_then(|first| spec.node(first))
+            .is_some_and(|n| {
+                matches!(&n.kind, NodeKind::Kafka(KafkaSpec::Source(k)) if k.event_time.is_some())
+            });
+        if source_event_time {
+            continue;
+        }
         match &v.watermark {
             Some(existing) if existing != &assigner => {
                 return Err(ApiError::new(

@@ -105,6 +105,11 @@ pub struct OperatorMetrics {
     /// to was past its allowed lateness (fired, when there is none), or they
     /// had no event time.
     pub late_records_dropped: u64,
+    /// Sources reading partitioned logs: records after the position, over
+    /// all partitions, and the age in ms of the last record read from a
+    /// lagging partition.
+    pub source_lag_records: Option<u64>,
+    pub source_lag_ms: Option<u64>,
 }
 
 /// A transformation or sink: batches in, batches out.
@@ -187,6 +192,17 @@ pub trait Source: Send {
     /// Before the first poll of a restored subtask: the positions of the
     /// splits (key groups) it owns now.
     fn restore_state(&mut self, _state: RestoredState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Counters the source keeps about itself (lag).
+    fn metrics(&self) -> OperatorMetrics {
+        OperatorMetrics::default()
+    }
+
+    /// Checkpoint `checkpoint` was committed (sources that report their
+    /// positions elsewhere, such as Kafka group offsets, do it here).
+    fn notify_checkpoint_complete(&mut self, _checkpoint: crate::ids::CheckpointId) -> Result<()> {
         Ok(())
     }
 }

@@ -164,6 +164,13 @@ pub struct SubtaskMetricsInfo {
     /// (sinks only; empty elsewhere).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_buckets: Vec<u64>,
+    /// Kafka sources: records after the position, over all partitions read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lag_records: Option<u64>,
+    /// Kafka sources: age of the last record read from a partition that
+    /// still has unread records (0 when caught up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lag_ms: Option<u64>,
 }
 
 /// End-to-end latency seen by a sink vertex: from the time a source's oldest

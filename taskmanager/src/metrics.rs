@@ -146,6 +146,7 @@ impl Metrics {
             "JobManager commands refused because they carried an older leader term than one already seen",
             m.stale_leader_commands.clone(),
         );
+        crate::operators::kafka::metrics::register(&mut r);
         (m, r)
     }
 }

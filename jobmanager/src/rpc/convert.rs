@@ -59,6 +59,8 @@ pub fn metrics(m: Option<&pb::SubtaskMetrics>) -> SubtaskMetricsInfo {
         watermark_ms: (m.watermark_ms != i64::MIN).then_some(m.watermark_ms),
         late_records_dropped: m.late_records_dropped,
         latency_buckets: m.latency_buckets.clone(),
+        source_lag_records: m.source_lag_records,
+        source_lag_ms: m.source_lag_ms,
     }
 }
 

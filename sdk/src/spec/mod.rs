@@ -5,6 +5,7 @@
 mod aggregate;
 mod checkpoint;
 mod duration;
+mod kafka;
 mod nexmark;
 mod parse;
 mod top_n;
@@ -16,6 +17,10 @@ pub use checkpoint::{
     StateBackendKind, validate_sections, validate_storage,
 };
 pub use duration::HumanDuration;
+pub use kafka::{
+    DEFAULT_DISCOVERY_INTERVAL, DEFAULT_TRANSACTION_TIMEOUT, Delivery, KafkaField, KafkaFormat,
+    KafkaMetadata, KafkaSinkSpec, KafkaSourceSpec, KafkaSpec, OnError, SinkPartitioning, StartFrom,
+};
 pub use nexmark::{MAX_NEXMARK_COUNT, NexmarkSpec, NexmarkTable};
 pub use parse::{parse_json, parse_yaml_or_json};
 pub use top_n::{SortOrder, TopNEventTime, TopNSpec};
@@ -75,6 +80,8 @@ pub enum NodeKind {
     Print(PrintSpec),
     Blackhole(BlackholeSpec),
     File(FileSinkSpec),
+    /// A source without `input`, a sink with one.
+    Kafka(KafkaSpec),
 }
 
 impl NodeKind {
@@ -91,10 +98,14 @@ impl NodeKind {
             NodeKind::Print(_) => "print",
             NodeKind::Blackhole(_) => "blackhole",
             NodeKind::File(_) => "file",
+            NodeKind::Kafka(_) => "kafka",
         }
     }
     pub fn is_source(&self) -> bool {
-        matches!(self, NodeKind::Datagen(_) | NodeKind::Nexmark(_))
+        matches!(
+            self,
+            NodeKind::Datagen(_) | NodeKind::Nexmark(_) | NodeKind::Kafka(KafkaSpec::Source(_))
+        )
     }
     /// Whether the operator keeps state in checkpoints (source positions,
     /// windows, keyed aggregates, the file sink's pending files). Every
@@ -108,12 +119,16 @@ impl NodeKind {
                 | NodeKind::Aggregate(_)
                 | NodeKind::TopN(_)
                 | NodeKind::File(_)
-        )
+                | NodeKind::Kafka(KafkaSpec::Source(_))
+        ) || matches!(self, NodeKind::Kafka(KafkaSpec::Sink(k)) if k.delivery == Delivery::ExactlyOnce)
     }
     pub fn is_sink(&self) -> bool {
         matches!(
             self,
-            NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_)
+            NodeKind::Print(_)
+                | NodeKind::Blackhole(_)
+                | NodeKind::File(_)
+                | NodeKind::Kafka(KafkaSpec::Sink(_))
         )
     }
     /// All kinds, for error messages.
@@ -128,6 +143,7 @@ impl NodeKind {
         "print",
         "blackhole",
         "file",
+        "kafka",
     ];
 }
 

@@ -5,7 +5,7 @@
 //! own and an error can say which node it is about.
 
 use super::validate::check_duration_field;
-use super::{DEFAULT_MAX_PARALLELISM, JobSpec, NodeKind, NodeSpec};
+use super::{DEFAULT_MAX_PARALLELISM, JobSpec, KafkaSpec, NodeKind, NodeSpec};
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::NodeId;
 use serde_json::{Map, Value};
@@ -211,6 +211,15 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
     {
         check_duration_field(&id, ALLOWED_LATENESS, v)?;
     }
+    if kind_name == "kafka" {
+        let kind = kafka_kind(&id, input.is_some(), obj)?;
+        return Ok(NodeSpec {
+            id: NodeId(id),
+            input,
+            parallelism,
+            kind,
+        });
+    }
     let kind: NodeKind = serde_json::from_value(Value::Object(obj)).map_err(|e| {
         let msg = e.to_string();
         let field = field_in_message(&msg);
@@ -224,6 +233,55 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
         parallelism,
         kind,
     })
+}
+
+/// `kind: kafka` is a source without `input` and a sink with one: decoding
+/// the side the node is makes an error name the field that does not belong.
+fn kafka_kind(
+    id: &str,
+    has_input: bool,
+    mut obj: Map<String, Value>,
+) -> Result<NodeKind, ApiError> {
+    obj.remove("kind");
+    for field in [
+        "idle_timeout",
+        "partition_discovery_interval",
+        "transaction_timeout",
+    ] {
+        if let Some(v) = obj.get(field) {
+            check_duration_field(id, field, v)?;
+        }
+    }
+    let side = if has_input { "sink" } else { "source" };
+    let decode = |obj: &Map<String, Value>| -> Result<KafkaSpec, serde_json::Error> {
+        let value = Value::Object(obj.clone());
+        Ok(if has_input {
+            KafkaSpec::Sink(serde_json::from_value(value)?)
+        } else {
+            KafkaSpec::Source(serde_json::from_value(value)?)
+        })
+    };
+    let e = match decode(&obj) {
+        Ok(spec) => return Ok(NodeKind::Kafka(spec)),
+        Err(e) => e,
+    };
+    let msg = e.to_string();
+    // serde names unknown and missing fields; for a bad value, the field at
+    // fault is the one whose removal changes the error.
+    let field = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        field_in_message(&msg)
+    } else {
+        obj.keys()
+            .find(|k| {
+                let mut without = obj.clone();
+                without.remove(*k);
+                decode(&without).map_or_else(|e2| e2.to_string() != msg, |_| true)
+            })
+            .cloned()
+    };
+    let mut err = invalid(format!("kafka {side}: {msg}")).with_node(id);
+    err.field = field;
+    Err(err)
 }
 
 /// serde names the offending field in backticks (`unknown field `x``, `missing

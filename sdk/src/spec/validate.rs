@@ -2,7 +2,7 @@
 //! cycles, sources without and other nodes with an input, sane parallelism.
 //! Column and SQL checks need schemas and live in `plan`.
 
-use super::{HumanDuration, JobSpec, NodeKind};
+use super::{HumanDuration, JobSpec, KafkaSpec, NodeKind};
 use crate::error::{ApiError, ErrorCode};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -167,6 +167,11 @@ pub fn validate_structure(spec: &JobSpec, total_slots: Option<u32>) -> Result<()
                 "rows_per_second",
                 "rows_per_second must be a positive number",
             ));
+        }
+        match &node.kind {
+            NodeKind::Kafka(KafkaSpec::Source(k)) => k.validate(id)?,
+            NodeKind::Kafka(KafkaSpec::Sink(k)) => k.validate(id, spec.checkpoint.is_some())?,
+            _ => {}
         }
         if let NodeKind::Nexmark(n) = &node.kind {
             n.validate(id)?;

@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod datagen;
 mod file_commit;
 pub mod filter;
+pub mod kafka;
 pub mod nexmark;
 pub(crate) mod pacing;
 pub mod project;
@@ -34,7 +35,7 @@ use eddy_sdk::graph::JobGraph;
 use eddy_sdk::ids::{JobId, NodeId, VertexId};
 use eddy_sdk::operator::{Operator, OperatorError, Source};
 use eddy_sdk::plan::Schemas;
-use eddy_sdk::spec::{JobSpec, NodeKind};
+use eddy_sdk::spec::{JobSpec, KafkaSpec, NodeKind};
 
 /// Where a subtask runs: what its operators need to know about themselves.
 #[derive(Clone, Debug)]
@@ -183,6 +184,22 @@ pub fn build_chain(
             NodeKind::Print(_) => operators.push(Box::new(sink::Print::stdout(id, ctx.subtask))),
             NodeKind::Blackhole(b) => operators.push(Box::new(sink::Blackhole::new(b))),
             NodeKind::File(f) => operators.push(Box::new(sink::FileSink::create(id, f, ctx)?)),
+            NodeKind::Kafka(KafkaSpec::Source(k)) => {
+                if position != 0 {
+                    return Err(plan_error(format!(
+                        "source `{id}` is not the first node of its vertex"
+                    )));
+                }
+                source = Some(Box::new(kafka::source::KafkaSource::new(
+                    id,
+                    k,
+                    output.clone(),
+                    ctx,
+                )?));
+            }
+            NodeKind::Kafka(KafkaSpec::Sink(k)) => operators.push(Box::new(
+                kafka::sink::KafkaSink::new(id, k, &input()?, ctx)?,
+            )),
         }
         output_schema = Some(output);
     }

@@ -38,7 +38,7 @@ const TIMESTAMP_TZ_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3f%:z";
 /// The file sink flushes on watermarks at most this often.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub(super) fn json_writer<W: Write>(w: W) -> Writer<W, LineDelimited> {
+pub(crate) fn json_writer<W: Write>(w: W) -> Writer<W, LineDelimited> {
     WriterBuilder::new()
         .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
         .with_timestamp_tz_format(TIMESTAMP_TZ_FORMAT.to_string())
@@ -290,7 +290,7 @@ impl Operator for FileSink {
     }
 }
 
-pub(super) fn encode_error(sink: &str, e: ArrowError) -> OperatorError {
+pub(crate) fn encode_error(sink: &str, e: ArrowError) -> OperatorError {
     OperatorError::new(
         FailureClass::BadData,
         format!("{sink} sink cannot encode a batch as json"),

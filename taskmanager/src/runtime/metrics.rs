@@ -17,6 +17,9 @@ pub struct SubtaskMetrics {
     /// The last watermark the chain emitted (`i64::MIN` before the first).
     pub watermark: AtomicI64,
     pub late_records_dropped: AtomicU64,
+    /// A Kafka source's lag (`u64::MAX`: none reported).
+    pub source_lag_records: AtomicU64,
+    pub source_lag_ms: AtomicU64,
     /// Ages of the latency markers that reached this subtask as a sink.
     pub latency: eddy_sdk::latency::Histogram,
     /// Total time blocked waiting for output credit, in nanoseconds.
@@ -40,6 +43,8 @@ impl Default for SubtaskMetrics {
             bytes_out: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             late_records_dropped: AtomicU64::new(0),
+            source_lag_records: AtomicU64::new(u64::MAX),
+            source_lag_ms: AtomicU64::new(u64::MAX),
             latency: eddy_sdk::latency::Histogram::default(),
             backpressured_ns: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
@@ -100,6 +105,9 @@ impl SubtaskMetrics {
             watermark_ms: self.watermark.load(Relaxed),
             late_records_dropped: self.late_records_dropped.load(Relaxed),
             latency_buckets: self.latency.counts(),
+            source_lag_records: Some(self.source_lag_records.load(Relaxed))
+                .filter(|v| *v != u64::MAX),
+            source_lag_ms: Some(self.source_lag_ms.load(Relaxed)).filter(|v| *v != u64::MAX),
         }
     }
 }

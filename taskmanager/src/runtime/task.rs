@@ -162,6 +162,11 @@ impl Driver {
                 })
                 .sum();
             self.metrics.records_in.fetch_add(rows as u64, Relaxed);
+            let m = source.metrics();
+            if let (Some(records), Some(ms)) = (m.source_lag_records, m.source_lag_ms) {
+                self.metrics.source_lag_records.store(records, Relaxed);
+                self.metrics.source_lag_ms.store(ms, Relaxed);
+            }
             for e in produced {
                 self.process(e).await?;
             }
@@ -226,7 +231,9 @@ impl Driver {
                 Ok(phase.after_barrier(barrier.kind, barrier.checkpoint))
             }
             Command::Complete { id, job_final } => {
-                self.on_complete(id, job_final)?;
+                if self.on_complete(id, job_final)? {
+                    source.notify_checkpoint_complete(id)?;
+                }
                 Ok(phase.after_commit(id, job_final))
             }
             Command::Abort(id) => {
@@ -292,7 +299,9 @@ impl Driver {
     fn on_command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::Trigger(_) => {}
-            Command::Complete { id, job_final } => self.on_complete(id, job_final)?,
+            Command::Complete { id, job_final } => {
+                self.on_complete(id, job_final)?;
+            }
             Command::Abort(id) => {
                 if let Some(cp) = self.cp.as_mut()
                     && cp.stopping == Some(id)
@@ -310,14 +319,14 @@ impl Driver {
     }
 
     /// Checkpoint `id` was committed: backends keep its files as their base,
-    /// operators (sinks) commit.
-    fn on_complete(&mut self, id: CheckpointId, job_final: bool) -> Result<(), Error> {
+    /// operators (sinks) commit. `false` when it was not news.
+    fn on_complete(&mut self, id: CheckpointId, job_final: bool) -> Result<bool, Error> {
         let Some(cp) = self.cp.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         cp.final_committed |= job_final;
         if cp.last_completed.is_some_and(|c| c >= id) {
-            return Ok(());
+            return Ok(false);
         }
         cp.last_completed = Some(id);
         cp.snapshotter
@@ -327,7 +336,7 @@ impl Driver {
             op.notify_checkpoint_complete(id)?;
         }
         tracing::debug!(checkpoint_id = id.0, "checkpoint committed");
-        Ok(())
+        Ok(true)
     }
 
     /// The end of stream: operators flush (unless the job stops at a

@@ -6,11 +6,13 @@
 //! build the exact schemas its operators produce. Nothing here does I/O.
 
 mod aggregate;
+mod kafka;
 mod nexmark;
 mod top_n;
 mod window;
 
 pub use aggregate::{GroupAggregateLayout, group_aggregate_layout};
+pub use kafka::{RAW_VALUE, source_schema};
 pub use nexmark::{nexmark_schema, nexmark_table_schema};
 pub use top_n::{TopNLayout, top_n_layout};
 pub use window::{
@@ -22,7 +24,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::graph::{self, JobGraph};
 use crate::ids::NodeId;
 use crate::plan::expr;
-use crate::spec::{self, DatagenSpec, FieldType, Generator, JobSpec, NodeKind, NodeSpec};
+use crate::spec::{
+    self, DatagenSpec, FieldType, Generator, JobSpec, KafkaSpec, NodeKind, NodeSpec,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -107,6 +111,9 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
     if let NodeKind::Nexmark(n) = &node.kind {
         return nexmark_schema(node, n);
     }
+    if let NodeKind::Kafka(KafkaSpec::Source(k)) = &node.kind {
+        return Ok(kafka::source_schema(k));
+    }
     let Some(input) = input else {
         let kind = node.kind.name();
         return Err(invalid(
@@ -130,6 +137,11 @@ fn node_schema(node: &NodeSpec, input: Option<SchemaRef>) -> Result<SchemaRef, A
         NodeKind::Aggregate(a) => group_aggregate_layout(&node.id, a, &input).map(|l| l.output),
         NodeKind::TopN(t) => top_n_layout(&node.id, t, &input).map(|l| l.output),
         NodeKind::Print(_) | NodeKind::Blackhole(_) | NodeKind::File(_) => Ok(input),
+        NodeKind::Kafka(KafkaSpec::Sink(k)) => {
+            kafka::check_sink(node, k, &input)?;
+            Ok(input)
+        }
+        NodeKind::Kafka(KafkaSpec::Source(k)) => Ok(kafka::source_schema(k)),
     }
 }
 

@@ -6,7 +6,7 @@
 //! exactly-once sink's transactions on its committer thread ([`txn`]). What
 //! remains on the slot thread never waits on the network, except the
 //! at-least-once sink's flush at a barrier, which is what that guarantee is.
-//! The exactly-once protocol is ADR 0009.
+//! The exactly-once protocol is ADR 0010.
 
 pub mod assign;
 pub mod decode;

@@ -4,7 +4,7 @@
 //!   ([`super::direct`]);
 //! - `exactly_once` keeps each checkpoint interval's records in the sink's
 //!   checkpointed state and writes them in one Kafka transaction once the
-//!   checkpoint is committed ([`super::txn`], ADR 0009).
+//!   checkpoint is committed ([`super::txn`], ADR 0010).
 //!
 //! Values are JSON objects of all columns (`format: json`) or the bytes of
 //! the column `value` (`raw`); keys are a JSON object of the `key` columns

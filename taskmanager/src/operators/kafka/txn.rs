@@ -1,4 +1,4 @@
-//! The exactly-once sink's committer thread (ADR 0009).
+//! The exactly-once sink's committer thread (ADR 0010).
 //!
 //! The sink keeps each checkpoint interval's records in its checkpointed
 //! state; once the checkpoint is committed, this thread writes them in one

@@ -110,11 +110,13 @@ impl KafkaBroker {
     }
 
     fn spawn_and_wait(&mut self) -> anyhow::Result<()> {
-        let storage = match &self.engine {
-            Engine::Memory => "memory://tansu/".to_string(),
+        // tansu opens a sqlite:// URL's path relative to its working
+        // directory, so it runs in the data directory.
+        let (storage, cwd) = match &self.engine {
+            Engine::Memory => ("memory://tansu/", self._dir.path().to_path_buf()),
             Engine::Sqlite(dir) => {
                 std::fs::create_dir_all(dir)?;
-                format!("sqlite://{}", dir.join("tansu.db").display())
+                ("sqlite://tansu.db", dir.clone())
             }
         };
         let log = std::fs::OpenOptions::new()
@@ -129,7 +131,11 @@ impl KafkaBroker {
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--storage-engine")
             .arg(storage)
-            .env("RUST_LOG", std::env::var("EDDY_KAFKA_BROKER_LOG").unwrap_or("warn".into()))
+            .current_dir(cwd)
+            .env(
+                "RUST_LOG",
+                std::env::var("EDDY_KAFKA_BROKER_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -143,7 +149,11 @@ impl KafkaBroker {
         let deadline = Instant::now() + READY_TIMEOUT;
         let consumer: BaseConsumer = self.config().create()?;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "tansu exited with {status} before answering: {}",
                     self.log_tail()
@@ -156,7 +166,10 @@ impl KafkaBroker {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("tansu did not answer within {READY_TIMEOUT:?}: {}", self.log_tail());
+                bail!(
+                    "tansu did not answer within {READY_TIMEOUT:?}: {}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -301,7 +314,10 @@ pub fn send_seq(
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
                     producer.poll(Duration::from_millis(50));
                     record = r;
                 }

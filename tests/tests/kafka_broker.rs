@@ -7,7 +7,8 @@ use eddy_tests::kafka::{Engine, KafkaBroker, send_seq};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{BaseProducer, Producer};
+use std::ops::Range;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -26,101 +27,105 @@ fn seqs(payloads: &[String]) -> Vec<u64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn commit_and_abort_visibility_under_read_committed() {
-    let Some(broker) = KafkaBroker::start(Engine::Memory).unwrap() else {
-        return;
-    };
-    broker.create_topic("t", 2).await.unwrap();
-    let p = broker.transactional_producer("txn-visibility").unwrap();
+/// A memory-engine broker with `topic` of `partitions` partitions, or
+/// `None` when the broker tests are skipped.
+async fn broker_with_topic(topic: &str, partitions: i32) -> Option<KafkaBroker> {
+    let broker = KafkaBroker::start(Engine::Memory).unwrap()?;
+    broker.create_topic(topic, partitions).await.unwrap();
+    Some(broker)
+}
 
+/// How a test transaction ends.
+enum End {
+    Commit,
+    Abort,
+    /// Left open (flushed only).
+    Open,
+}
+
+/// One transaction of `{"seq": n}` records for `seqs`.
+fn txn(p: &BaseProducer, topic: &str, partitions: i32, seqs: Range<u64>, end: End) {
     p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 0..10).unwrap();
-    p.commit_transaction(T).unwrap();
+    send_seq(p, topic, partitions, seqs).unwrap();
+    match end {
+        End::Commit => p.commit_transaction(T).unwrap(),
+        End::Abort => {
+            p.flush(T).unwrap();
+            p.abort_transaction(T).unwrap();
+        }
+        End::Open => p.flush(T).unwrap(),
+    }
+}
 
-    p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 100..110).unwrap();
-    p.flush(T).unwrap();
-    p.abort_transaction(T).unwrap();
-
-    p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 10..20).unwrap();
-    p.commit_transaction(T).unwrap();
-
-    let got = seqs(&broker.consume_committed("t", IDLE).unwrap());
+/// A read_committed consumer sees exactly `expected` in `topic`.
+fn assert_committed(broker: &KafkaBroker, topic: &str, expected: Range<u64>) {
+    let got = seqs(&broker.consume_committed(topic, IDLE).unwrap());
     assert_eq!(
         got,
-        (0..20).collect::<Vec<_>>(),
+        expected.collect::<Vec<_>>(),
         "broker log: {}",
         broker.log_tail()
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn second_init_transactions_fences_the_old_producer() {
-    let Some(broker) = KafkaBroker::start(Engine::Memory).unwrap() else {
+async fn commit_and_abort_visibility_under_read_committed() {
+    let Some(broker) = broker_with_topic("t", 2).await else {
         return;
     };
-    broker.create_topic("t", 1).await.unwrap();
+    let p = broker.transactional_producer("txn-visibility").unwrap();
+
+    txn(&p, "t", 2, 0..10, End::Commit);
+
+    txn(&p, "t", 2, 100..110, End::Abort);
+
+    txn(&p, "t", 2, 10..20, End::Commit);
+
+    assert_committed(&broker, "t", 0..20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_init_transactions_fences_the_old_producer() {
+    let Some(broker) = broker_with_topic("t", 1).await else {
+        return;
+    };
     let old = broker.transactional_producer("txn-fence").unwrap();
-    old.begin_transaction().unwrap();
-    send_seq(&old, "t", 1, 0..5).unwrap();
-    old.flush(T).unwrap();
+    txn(&old, "t", 1, 0..5, End::Open);
 
     let new = broker.transactional_producer("txn-fence").unwrap();
-    let err = old.commit_transaction(T);
+    let err = old.commit_transaction(Duration::from_secs(10));
     assert!(
         err.is_err(),
         "the old producer's commit must fail: it is fenced"
     );
 
-    new.begin_transaction().unwrap();
-    send_seq(&new, "t", 1, 5..10).unwrap();
-    new.commit_transaction(T).unwrap();
+    txn(&new, "t", 1, 5..10, End::Commit);
 
-    let got = seqs(&broker.consume_committed("t", IDLE).unwrap());
-    assert_eq!(
-        got,
-        (5..10).collect::<Vec<_>>(),
-        "broker log: {}",
-        broker.log_tail()
-    );
+    assert_committed(&broker, "t", 5..10);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reinit_aborts_a_killed_producers_open_transaction() {
-    let Some(broker) = KafkaBroker::start(Engine::Memory).unwrap() else {
+    let Some(broker) = broker_with_topic("t", 2).await else {
         return;
     };
-    broker.create_topic("t", 2).await.unwrap();
     {
         let p = broker.transactional_producer("txn-killed").unwrap();
-        p.begin_transaction().unwrap();
-        send_seq(&p, "t", 2, 0..10).unwrap();
-        p.flush(T).unwrap();
+        txn(&p, "t", 2, 0..10, End::Open);
         // Dropped without commit or abort: like a process that died.
         std::mem::forget(p);
     }
     let p = broker.transactional_producer("txn-killed").unwrap();
-    p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 10..20).unwrap();
-    p.commit_transaction(T).unwrap();
+    txn(&p, "t", 2, 10..20, End::Commit);
 
-    let got = seqs(&broker.consume_committed("t", IDLE).unwrap());
-    assert_eq!(
-        got,
-        (10..20).collect::<Vec<_>>(),
-        "broker log: {}",
-        broker.log_tail()
-    );
+    assert_committed(&broker, "t", 10..20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transactional_offset_commits() {
-    let Some(broker) = KafkaBroker::start(Engine::Memory).unwrap() else {
+    let Some(broker) = broker_with_topic("in", 1).await else {
         return;
     };
-    broker.create_topic("in", 1).await.unwrap();
     broker.create_topic("out", 1).await.unwrap();
     let consumer: BaseConsumer = broker
         .config()
@@ -134,54 +139,36 @@ async fn transactional_offset_commits() {
             .unwrap();
         tpl
     };
-    let partition = || {
+    let committed = || {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("in", 0);
-        tpl
+        let committed = consumer.committed_offsets(tpl, T).unwrap();
+        committed.find_partition("in", 0).unwrap().offset()
     };
     let group = consumer.group_metadata().expect("group metadata");
 
-    // Offsets only, committed: visible.
-    p.begin_transaction().unwrap();
-    p.send_offsets_to_transaction(&offsets(7), &group, T)
-        .unwrap();
-    p.commit_transaction(T).unwrap();
-    // Offsets only, aborted: not visible.
-    p.begin_transaction().unwrap();
-    p.send_offsets_to_transaction(&offsets(9), &group, T)
-        .unwrap();
-    p.abort_transaction(T).unwrap();
-    // Offsets with records, committed.
-    p.begin_transaction().unwrap();
-    send_seq(&p, "out", 1, 0..3).unwrap();
-    p.send_offsets_to_transaction(&offsets(11), &group, T)
-        .unwrap();
-    p.commit_transaction(T).unwrap();
-
-    let committed = consumer.committed_offsets(partition(), T).unwrap();
-    let offset = committed.find_partition("in", 0).unwrap().offset();
-    assert_eq!(
-        offset,
-        Offset::Offset(11),
-        "broker log: {}",
-        broker.log_tail()
-    );
-
-    // A transaction with offsets 13 aborted leaves 11.
-    p.begin_transaction().unwrap();
-    send_seq(&p, "out", 1, 3..6).unwrap();
-    p.send_offsets_to_transaction(&offsets(13), &group, T)
-        .unwrap();
-    p.flush(T).unwrap();
-    p.abort_transaction(T).unwrap();
-    let committed = consumer.committed_offsets(partition(), T).unwrap();
-    let offset = committed.find_partition("in", 0).unwrap().offset();
-    assert_eq!(
-        offset,
-        Offset::Offset(11),
-        "broker log: {}",
-        broker.log_tail()
-    );
+    // One transaction: records `seqs` to "out" and offset `o` of "in", then
+    // the group's committed offset must be `expected`.
+    let offsets_txn = |seqs: Range<u64>, o: i64, commit: bool, expected: i64| {
+        p.begin_transaction().unwrap();
+        send_seq(&p, "out", 1, seqs).unwrap();
+        p.send_offsets_to_transaction(&offsets(o), &group, T)
+            .unwrap();
+        p.flush(T).unwrap();
+        if commit {
+            p.commit_transaction(T).unwrap();
+        } else {
+            p.abort_transaction(T).unwrap();
+        }
+        let log = broker.log_tail();
+        assert_eq!(committed(), Offset::Offset(expected), "broker log: {log}");
+    };
+    // Offsets only (no records: guards the memory engine part of the patch).
+    offsets_txn(0..0, 7, true, 7);
+    offsets_txn(0..0, 9, false, 7);
+    // Offsets with records.
+    offsets_txn(0..3, 11, true, 11);
+    offsets_txn(3..6, 13, false, 11);
     let got = seqs(&broker.consume_committed("out", IDLE).unwrap());
     assert_eq!(got, vec![0, 1, 2]);
 }
@@ -194,23 +181,12 @@ async fn sqlite_engine_keeps_committed_data_across_a_restart() {
     };
     broker.create_topic("t", 2).await.unwrap();
     let p = broker.transactional_producer("txn-sqlite").unwrap();
-    p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 0..10).unwrap();
-    p.commit_transaction(T).unwrap();
-    p.begin_transaction().unwrap();
-    send_seq(&p, "t", 2, 100..105).unwrap();
-    p.flush(T).unwrap();
-    p.abort_transaction(T).unwrap();
+    txn(&p, "t", 2, 0..10, End::Commit);
+    txn(&p, "t", 2, 100..105, End::Abort);
     drop(p);
     broker.produce_seq("t", 2, 10..15).unwrap();
 
     broker.restart().unwrap();
 
-    let got = seqs(&broker.consume_committed("t", IDLE).unwrap());
-    assert_eq!(
-        got,
-        (0..15).collect::<Vec<_>>(),
-        "broker log: {}",
-        broker.log_tail()
-    );
+    assert_committed(&broker, "t", 0..15);
 }

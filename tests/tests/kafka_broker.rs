@@ -3,6 +3,8 @@
 //! read_committed, fencing, transactional offsets, SQLite durability.
 //! These guard our patch.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use eddy_tests::kafka::{Engine, KafkaBroker, send_seq};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;

@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The partition test (tests/tests/ha_partition.rs) runs processes in network
 # namespaces with iproute2's `ip`.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# scripts/tansu/build.sh patches the test broker's source.
+command -v patch >/dev/null 2>&1 || need_apt+=(patch)
 # librocksdb-sys generates its bindings with bindgen, which loads libclang.
 # (libclang-cpp, which other packages bring, is not it: bindgen needs libclang.so.)
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null || need_apt+=(libclang-dev)
@@ -34,4 +36,13 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# The Kafka-protocol broker the Kafka connector's tests start: tansu 0.6.0
+# from its crates.io source with our patch for transactions
+# (scripts/tansu/README.md), built once per machine into a cache keyed by the
+# patch's hash. EDDY_SKIP_KAFKA_BROKER=1 skips it (the tests that need it then
+# skip with a message); `scripts/tansu/build.sh --path` prints where it is.
+if [ "${EDDY_SKIP_KAFKA_BROKER:-0}" != "1" ]; then
+  "$(dirname "$0")/tansu/build.sh"
 fi

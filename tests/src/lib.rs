@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ha;
+pub mod kafka;
 pub mod netns;
 pub mod nexmark_reference;
 pub mod windowed_job;

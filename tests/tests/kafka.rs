@@ -282,6 +282,24 @@ async fn kafka_taskmanagers_killed_mock_broker_loses_nothing() -> anyhow::Result
     chaos(&mock.bootstrap_servers(), "seq", "even", false).await
 }
 
+/// The chaos scenario against the patched tansu broker (memory engine),
+/// which hides aborted transactions from read_committed consumers and keeps
+/// transactional offsets (the sink's commit markers): every record exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_taskmanagers_killed_real_broker_exactly_once() -> anyhow::Result<()> {
+    eddy_tests::init_logging();
+    let Some(broker) = eddy_tests::kafka::KafkaBroker::start(eddy_tests::kafka::Engine::Memory)?
+    else {
+        return Ok(());
+    };
+    broker.create_topic("seq", 4).await?;
+    broker.create_topic("even", 2).await?;
+    chaos(&broker.bootstrap(), "seq", "even", true)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nbroker log:\n{}", broker.log_tail()))
+}
+
 /// The broker goes down for 30 s while the job runs. librdkafka retries
 /// within its timeouts, so the job may ride the outage out (then every
 /// record comes out once) or fail; a failure must be classified connector

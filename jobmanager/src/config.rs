@@ -80,6 +80,43 @@ pub struct RaftSettings {
     /// How long adding a member waits for it to catch up with the leader's
     /// log before promoting it to voter.
     pub join_timeout: HumanDuration,
+    /// How often the leader sends heartbeats to the followers.
+    pub heartbeat_interval: HumanDuration,
+    /// Bounds of the random election timeout. A follower stands for
+    /// election once it has heard nothing from the leader for
+    /// `election_timeout_max` (the leader's lease) plus that timeout.
+    pub election_timeout_min: HumanDuration,
+    pub election_timeout_max: HumanDuration,
+}
+
+impl RaftSettings {
+    /// Heartbeats must be well within the election timeout, or followers
+    /// stand for election while the leader is alive.
+    fn check_timeouts(&self) -> Result<()> {
+        let (hb, min, max) = (
+            self.heartbeat_interval.0,
+            self.election_timeout_min.0,
+            self.election_timeout_max.0,
+        );
+        if hb.is_zero() {
+            return Err(Error::Invalid(
+                "raft.heartbeat-interval must be positive".into(),
+            ));
+        }
+        if min <= hb * 2 {
+            return Err(Error::Invalid(format!(
+                "raft.election-timeout-min ({}) must be more than twice raft.heartbeat-interval ({})",
+                self.election_timeout_min, self.heartbeat_interval
+            )));
+        }
+        if max <= min {
+            return Err(Error::Invalid(format!(
+                "raft.election-timeout-max ({}) must be more than raft.election-timeout-min ({})",
+                self.election_timeout_max, self.election_timeout_min
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Command-line overrides, applied over every other layer.
@@ -164,6 +201,7 @@ impl Config {
         if self.raft.join_timeout.0.is_zero() {
             return Err(Error::Invalid("raft.join-timeout must be positive".into()));
         }
+        self.raft.check_timeouts()?;
         if !self.rest_url.is_empty() {
             check_rest_url(&self.rest_url).map_err(|reason| {
                 Error::Invalid(format!("rest-url {:?}: {reason}", self.rest_url))
@@ -309,6 +347,23 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::Peer { .. })));
         c.peers = vec![];
         c.heartbeat_timeout = HumanDuration::from_millis(500);
+        assert!(matches!(c.validate(), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn validate_raft_timeouts_must_nest() {
+        let ok = Config::defaults().unwrap();
+        ok.validate().unwrap();
+        let mut c = ok.clone();
+        c.raft.election_timeout_min = HumanDuration::from_millis(150);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("election-timeout-min"), "{err}");
+        let mut c = ok.clone();
+        c.raft.election_timeout_max = c.raft.election_timeout_min;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("election-timeout-max"), "{err}");
+        let mut c = ok;
+        c.raft.heartbeat_interval = HumanDuration::from_millis(0);
         assert!(matches!(c.validate(), Err(Error::Invalid(_))));
     }
 

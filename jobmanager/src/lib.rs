@@ -159,6 +159,11 @@ impl JobManager {
             join: config.join,
             snapshot_logs: config.raft.snapshot_logs,
             keep_logs: config.raft.keep_logs,
+            heartbeat_interval: config.raft.heartbeat_interval.0,
+            election_timeout: (
+                config.raft.election_timeout_min.0,
+                config.raft.election_timeout_max.0,
+            ),
         };
         let shared = Arc::new(raft::Shared::default());
         let contacts = Arc::new(raft::Contacts::default());

@@ -103,6 +103,12 @@ pub struct Options {
     /// Log entries kept behind the latest snapshot, so a slightly lagging
     /// follower catches up from the log instead of a snapshot.
     pub keep_logs: u64,
+    /// The leader's heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Bounds of the random election timeout; the upper one is also the
+    /// leader's lease (openraft: a follower votes for no other candidate
+    /// until that long after it last heard from the leader).
+    pub election_timeout: (Duration, Duration),
 }
 
 /// Starts this node's Raft: opens the storage in `data_dir`, and on first
@@ -120,7 +126,10 @@ pub async fn start(
         join,
         snapshot_logs,
         keep_logs,
+        heartbeat_interval,
+        election_timeout: (election_min, election_max),
     } = options;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let path = data_dir.join("raft.redb");
     let db = Arc::new(open_db(&path).await?);
     let open_err = |source: redb::Error| Error::Open {
@@ -131,9 +140,9 @@ pub async fn start(
     let sm = StateMachine::open(db, shared).map_err(open_err)?;
     let config = openraft::Config {
         cluster_name: "eddy-jobmanager".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: ms(heartbeat_interval),
+        election_timeout_min: ms(election_min),
+        election_timeout_max: ms(election_max),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: keep_logs,
         ..Default::default()

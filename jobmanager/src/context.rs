@@ -167,6 +167,18 @@ impl Context {
         m.membership_config.membership().get_node(&id).cloned()
     }
 
+    /// The rpc address of every member of the Raft group (voters and
+    /// learners), in id order.
+    pub fn member_rpc_addrs(&self) -> Vec<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.raft_addr.clone())
+            .collect()
+    }
+
     /// The leader's rpc address, from the Raft membership.
     pub fn leader_rpc_addr(&self) -> Option<String> {
         self.member(self.leader_id()?).map(|n| n.raft_addr)

@@ -73,6 +73,7 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
             heartbeat_interval_ms: u64::try_from(self.ctx.config.heartbeat_interval.0.as_millis())
                 .unwrap_or(u64::MAX),
             leader_term: term,
+            jobmanagers: self.ctx.member_rpc_addrs(),
         }))
     }
 
@@ -98,6 +99,7 @@ impl pb::job_manager_service_server::JobManagerService for JobManagerRpc {
         Ok(Response::new(pb::HeartbeatResponse {
             known,
             leader_term: term,
+            jobmanagers: self.ctx.member_rpc_addrs(),
         }))
     }
 

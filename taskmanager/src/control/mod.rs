@@ -36,9 +36,10 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest pause between two rounds of looking for the leader: an
-/// election takes a second or two, and the new leader waits only the
-/// heartbeat timeout for TaskManagers to come back.
-const MAX_SEARCH_BACKOFF: Duration = Duration::from_secs(1);
+/// election takes 1.3-1.6 s with the default Raft timeouts, and every
+/// moment without a leader after it delays the job's next checkpoint. A
+/// round is one small RPC per JobManager.
+const MAX_SEARCH_BACKOFF: Duration = Duration::from_millis(250);
 /// How long one registration attempt may take: a paused JobManager accepts
 /// connections but never answers.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,7 +76,11 @@ enum Detached {
 
 pub struct JobManagerClient {
     node: Arc<Node>,
+    /// The JobManagers this TaskManager was started with.
     addrs: Vec<String>,
+    /// The group's members as the leader last announced them: the group
+    /// may have grown or shrunk since this TaskManager started.
+    learned: std::sync::Mutex<Vec<String>>,
     metrics_url: String,
 }
 
@@ -84,7 +89,36 @@ impl JobManagerClient {
         JobManagerClient {
             node,
             addrs,
+            learned: std::sync::Mutex::default(),
             metrics_url,
+        }
+    }
+
+    /// Every JobManager to ask for the leader: the configured ones and the
+    /// members the leader announced last.
+    fn candidates(&self) -> Vec<String> {
+        let learned = self
+            .learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.addrs.clone();
+        all.extend(learned.iter().filter(|a| !self.addrs.contains(a)).cloned());
+        all
+    }
+
+    /// Records the group's members a leader announced (an empty list, from
+    /// an older JobManager, changes nothing).
+    fn learn(&self, members: &[String]) {
+        if members.is_empty() {
+            return;
+        }
+        let mut learned = self
+            .learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if learned.as_slice() != members {
+            tracing::info!(tm_id = %self.node.tm_id, jobmanagers = ?members, "the JobManager group's members");
+            *learned = members.to_vec();
         }
     }
 
@@ -164,7 +198,7 @@ impl JobManagerClient {
         hint: Option<String>,
     ) -> Option<(Session, pb::RegisterTaskManagerResponse)> {
         let mut asked: Vec<String> = Vec::new();
-        let mut round: Vec<String> = hint.into_iter().chain(self.addrs.clone()).collect();
+        let mut round: Vec<String> = hint.into_iter().chain(self.candidates()).collect();
         while !round.is_empty() {
             let mut hints: Vec<String> = Vec::new();
             let mut attempts = FuturesUnordered::new();
@@ -197,12 +231,13 @@ impl JobManagerClient {
         let mut hint = None;
         loop {
             let Some((session, resp)) = self.register(hint.take()).await else {
-                tracing::warn!(%tm_id, jobmanagers = ?self.addrs, retry_in = ?backoff, "no JobManager leader reachable; tasks keep running");
+                tracing::warn!(%tm_id, jobmanagers = ?self.candidates(), retry_in = ?backoff, "no JobManager leader reachable; tasks keep running");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_SEARCH_BACKOFF);
                 continue;
             };
             backoff = MIN_BACKOFF;
+            self.learn(&resp.jobmanagers);
             let interval = Duration::from_millis(resp.heartbeat_interval_ms)
                 .clamp(Duration::from_millis(50), Duration::from_secs(60));
             tracing::info!(%tm_id, jobmanager = %session.addr, term = resp.leader_term, ?interval, "registered with JobManager");
@@ -246,6 +281,7 @@ impl JobManagerClient {
                         tracing::info!(%tm_id, jobmanager = %session.addr, term = stale.term, highest = stale.highest, "JobManager answers from an older leader term");
                         return Detached::NotLeader(None);
                     }
+                    self.learn(&resp.jobmanagers);
                     if !resp.known {
                         return Detached::Unknown;
                     }

@@ -25,6 +25,8 @@ struct FakeJm {
     registers: Mutex<Vec<pb::RegisterTaskManagerRequest>>,
     heartbeats: AtomicUsize,
     reports: Mutex<Vec<pb::TaskStatus>>,
+    /// The group's members it announces.
+    members: Mutex<Vec<String>>,
 }
 
 impl FakeJm {
@@ -62,6 +64,7 @@ impl JobManagerService for Svc {
         Ok(Response::new(pb::RegisterTaskManagerResponse {
             heartbeat_interval_ms: 50,
             leader_term: term,
+            jobmanagers: self.0.members.lock().unwrap().clone(),
         }))
     }
     async fn heartbeat(
@@ -73,6 +76,7 @@ impl JobManagerService for Svc {
         Ok(Response::new(pb::HeartbeatResponse {
             known: n > 0,
             leader_term: term,
+            jobmanagers: self.0.members.lock().unwrap().clone(),
         }))
     }
     async fn report_task_status(
@@ -105,6 +109,7 @@ async fn fake_jm(stop: &CancellationToken, role: Role) -> (Arc<FakeJm>, String) 
         registers: Mutex::default(),
         heartbeats: AtomicUsize::new(0),
         reports: Mutex::default(),
+        members: Mutex::default(),
     });
     let server = tonic::transport::Server::builder()
         .add_service(JobManagerServiceServer::new(Svc(jm.clone())))
@@ -252,6 +257,35 @@ async fn client_ignores_a_deposed_leader_and_refuses_its_commands() {
         .get_or_create(&crate::metrics::CommandLabels { command: "deploy" })
         .get();
     assert_eq!(refused, 1);
+    stop.cancel();
+    running.await.unwrap();
+}
+
+/// The TaskManager was started knowing one JobManager; the leader
+/// announces a second member. When the first stops leading without naming
+/// a successor (as a JobManager removed from the group does), the
+/// TaskManager finds the leader among the announced members.
+#[tokio::test]
+async fn client_finds_the_leader_among_announced_members() {
+    let stop = CancellationToken::new();
+    let (first, first_addr) = fake_jm(&stop, Role::Leader(5)).await;
+    let (added, added_addr) = fake_jm(&stop, Role::Follower(None)).await;
+    *first.members.lock().unwrap() = vec![first_addr.clone(), added_addr.clone()];
+    let (node, reports) = node("tm-m");
+    let client = JobManagerClient::new(node.clone(), vec![first_addr], String::new());
+    let running = tokio::spawn(client.run(reports, stop.clone()));
+
+    eventually("heartbeats to the first leader", || {
+        first.heartbeats.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    first.set_role(Role::Follower(None));
+    added.set_role(Role::Leader(6));
+    eventually("registration with the announced member", || {
+        !added.registers.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(node.leader_term(), 6);
     stop.cancel();
     running.await.unwrap();
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub mod ha;
 pub mod kafka;
+pub mod members;
 pub mod netns;
 pub mod nexmark_reference;
 pub mod windowed_job;
@@ -53,6 +54,8 @@ pub struct Node {
     pub dir: PathBuf,
     bin: PathBuf,
     args: Vec<String>,
+    /// Extra environment (`EDDY_*` configuration).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Stopped with SIGSTOP and not resumed.
     paused: bool,
@@ -63,12 +66,19 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> anyhow::Result<Node> {
+    pub(crate) fn start(
+        name: &str,
+        bin: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        dir: PathBuf,
+    ) -> anyhow::Result<Node> {
         let mut node = Node {
             name: name.to_string(),
             dir,
             bin,
             args,
+            env,
             child: None,
             paused: false,
             cut: false,
@@ -91,6 +101,7 @@ impl Node {
             .open(self.dir.join("node.log"))?;
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.env.iter().cloned())
             .env(
                 "RUST_LOG",
                 std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()),
@@ -240,6 +251,7 @@ pub struct ClusterBuilder {
     heartbeat_timeout: String,
     kpu_memory: Option<String>,
     netns: bool,
+    jobmanager_env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -264,6 +276,12 @@ impl ClusterBuilder {
     }
     pub fn kpu_memory(mut self, m: &str) -> Self {
         self.kpu_memory = Some(m.to_string());
+        self
+    }
+    /// Sets an environment variable of every JobManager (an `EDDY_*`
+    /// configuration key, e.g. `EDDY_RAFT__SNAPSHOT_LOGS`).
+    pub fn jobmanager_env(mut self, key: &str, value: &str) -> Self {
+        self.jobmanager_env.push((key.into(), value.into()));
         self
     }
     /// Runs every process in its own network namespace ([`netns`]), so
@@ -332,7 +350,13 @@ impl ClusterBuilder {
                 args.extend(["--peers".into(), peers.clone()]);
             }
             let (bin, args) = in_namespace(net.as_ref(), name, bins.join("eddy-jobmanager"), args);
-            jms.push(Node::start(name, bin, args, jm_dir)?);
+            jms.push(Node::start(
+                name,
+                bin,
+                args,
+                self.jobmanager_env.clone(),
+                jm_dir,
+            )?);
         }
         let mut cluster = Cluster {
             dir: Some(dir),
@@ -341,6 +365,8 @@ impl ClusterBuilder {
             slots: self.slots,
             kpu_memory: self.kpu_memory,
             net,
+            jobmanager_env: self.jobmanager_env,
+            heartbeat_timeout: self.heartbeat_timeout,
         };
         for _ in 0..self.taskmanagers {
             cluster.add_taskmanager()?;
@@ -369,7 +395,7 @@ fn in_namespace(
 
 /// `n` distinct loopback ports free right now (a JobManager group's rpc
 /// ports, which every member must know before any of them starts).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -390,6 +416,10 @@ pub struct Cluster {
     /// The network namespaces, when the cluster runs in them (dropped after
     /// the processes).
     net: Option<netns::Network>,
+    /// Extra environment of every JobManager.
+    pub(crate) jobmanager_env: Vec<(String, String)>,
+    /// The JobManagers' `--heartbeat-timeout`.
+    pub(crate) heartbeat_timeout: String,
 }
 
 impl Cluster {
@@ -401,6 +431,7 @@ impl Cluster {
             heartbeat_timeout: "3s".into(),
             kpu_memory: Some("256MiB".into()),
             netns: false,
+            jobmanager_env: Vec::new(),
         }
     }
 
@@ -502,7 +533,7 @@ impl Cluster {
             bin_dir().join("eddy-taskmanager"),
             args,
         );
-        let node = Node::start(&name, bin, args, dir)?;
+        let node = Node::start(&name, bin, args, Vec::new(), dir)?;
         self.tms.push(node);
         Ok(self.tms.last_mut().expect("just pushed"))
     }

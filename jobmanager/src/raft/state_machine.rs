@@ -228,6 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 io_err(&e),
             ))
         })?;
+        let stored_len = data.len();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -239,6 +240,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_snapshot(Some(signature), io_err(&e)).into())
         })
         .await?;
+        tracing::info!(
+            last_log_index = meta.last_log_id.map(|l| l.index),
+            snapshot_id = %meta.snapshot_id,
+            bytes = stored_len,
+            "installed a snapshot from the leader"
+        );
         self.restore(body);
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Structured logging with `tracing`: `RUST_LOG` filters (default `info`, openraft at `warn`),
-//! human or JSON lines on stderr.
+//! human (coloured on a terminal only) or JSON lines on stderr.
 
 use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Log line format, the `log-format` key of every process's config.
@@ -24,6 +25,9 @@ pub fn init(service: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or collector gets plain
+        // lines that grep and parsers can read.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(true);
     let result = if json {
         builder.json().try_init()

@@ -11,6 +11,8 @@
 //! * `commit gap`: between the newest checkpoint completed before the kill
 //!   and the first one after it (their completion times), which is how long
 //!   the exactly-once sink's visible output stood still;
+//! * `reattach`: until the last TaskManager logged that it registered
+//!   with the new leader (the timestamps of its log lines);
 //! * `sink stall`: the longest time the sink task received no record
 //!   (TaskManager metrics sampled every 10 ms), against the longest such
 //!   time in the 5 s before the kill (`baseline`): tasks never stop, so
@@ -50,6 +52,7 @@ struct Round {
     elected_ms: u64,
     write_ms: u64,
     commit_gap_ms: i64,
+    reattach_ms: i64,
     stall_ms: u64,
     baseline_stall_ms: u64,
 }
@@ -135,6 +138,47 @@ async fn completed(
     .transpose()
 }
 
+/// Milliseconds from `since_ms` (since the epoch) until every TaskManager
+/// logged a registration after it (`None` if one did not).
+fn reattached(cluster: &Cluster, since_ms: i64) -> Option<i64> {
+    let mut last = since_ms;
+    for tm in &cluster.tms {
+        let log = tm.log();
+        let first = log
+            .lines()
+            .filter(|l| l.contains("registered with JobManager"))
+            .filter_map(|l| {
+                // Older binaries colour their log files.
+                let l = l.trim_start_matches("\x1b[2m");
+                let at = l.split(|c: char| c.is_whitespace() || c == '\x1b').next()?;
+                Some(
+                    chrono::DateTime::parse_from_rfc3339(at)
+                        .ok()?
+                        .timestamp_millis(),
+                )
+            })
+            .find(|at| *at >= since_ms)?;
+        last = last.max(first);
+    }
+    Some(last - since_ms)
+}
+
+/// Polls the survivors every [`SAMPLE`] until one says it leads.
+async fn new_leader(cluster: &Cluster, survivors: &[usize]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for &i in survivors {
+            if let Ok(o) = cluster.client_of(i).overview().await
+                && o.is_leader
+            {
+                return Ok(i);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no leader within 60 s");
+        tokio::time::sleep(SAMPLE).await;
+    }
+}
+
 /// Submits the probe job to the survivors in turn until one commits it.
 async fn first_write(cluster: &Cluster, survivors: &[usize]) -> anyhow::Result<String> {
     let http = reqwest::Client::builder()
@@ -170,8 +214,9 @@ async fn round(cluster: &mut Cluster, job: &str, samples: &Samples) -> anyhow::R
     let survivors: Vec<usize> = (0..cluster.jms.len()).filter(|i| *i != old).collect();
 
     let killed = Instant::now();
+    let killed_ms = chrono::Utc::now().timestamp_millis();
     cluster.jms[old].kill9()?;
-    let new = cluster.wait_for_leader(Some(old)).await?;
+    let new = new_leader(cluster, &survivors).await?;
     let elected = killed.elapsed();
     let probe = first_write(cluster, &survivors).await?;
     let write = killed.elapsed();
@@ -194,6 +239,7 @@ async fn round(cluster: &mut Cluster, job: &str, samples: &Samples) -> anyhow::R
         )
     };
 
+    let reattach_ms = reattached(cluster, killed_ms).unwrap_or(-1);
     cluster.jms[old].restart()?;
     let back = cluster.client_of(old);
     wait_settled(cluster, "the restarted JobManager caught up", || {
@@ -213,6 +259,7 @@ async fn round(cluster: &mut Cluster, job: &str, samples: &Samples) -> anyhow::R
         elected_ms: elected.as_millis() as u64,
         write_ms: write.as_millis() as u64,
         commit_gap_ms: after_ms - before_ms,
+        reattach_ms,
         stall_ms: stall.as_millis() as u64,
         baseline_stall_ms: baseline.as_millis() as u64,
     })
@@ -247,22 +294,28 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(BASELINE).await;
 
     println!(
-        "| round | elected ms | first write ms | commit gap ms | sink stall ms | baseline stall ms |"
+        "| round | elected ms | first write ms | TaskManagers reattached ms | commit gap ms | sink stall ms | baseline stall ms |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut all = Vec::new();
     for n in 1..=rounds {
         let r = round(cluster, &job, &samples).await?;
         println!(
-            "| {n} | {} | {} | {} | {} | {} |",
-            r.elected_ms, r.write_ms, r.commit_gap_ms, r.stall_ms, r.baseline_stall_ms
+            "| {n} | {} | {} | {} | {} | {} | {} |",
+            r.elected_ms,
+            r.write_ms,
+            r.reattach_ms,
+            r.commit_gap_ms,
+            r.stall_ms,
+            r.baseline_stall_ms
         );
         all.push(r);
     }
     println!(
-        "| median | {} | {} | {} | {} | {} |",
+        "| median | {} | {} | {} | {} | {} | {} |",
         median(all.iter().map(|r| r.elected_ms).collect()),
         median(all.iter().map(|r| r.write_ms).collect()),
+        median(all.iter().map(|r| r.reattach_ms.max(0) as u64).collect()),
         median(all.iter().map(|r| r.commit_gap_ms.max(0) as u64).collect()),
         median(all.iter().map(|r| r.stall_ms).collect()),
         median(all.iter().map(|r| r.baseline_stall_ms).collect()),

@@ -166,6 +166,14 @@ impl Coordinator {
         let empty = CheckpointCatalog::default();
         let catalog = catalog.unwrap_or(&empty);
         let newest = catalog.highest_completed().map_or(0, |c| c.0);
+        // A new leader keeps the job's schedule: the next checkpoint is due
+        // one interval after the newest completed one was triggered, so at
+        // once when a failover lost the one in flight. (Not later than now:
+        // the former leader's clock may run ahead.)
+        let last_trigger_ms = catalog
+            .completed
+            .last()
+            .map_or(now_ms, |c| c.trigger_time_ms.min(now_ms));
         Coordinator {
             inherited: newest + 1..catalog.next_id().0,
             aborted_inherited: BTreeSet::new(),
@@ -178,7 +186,7 @@ impl Coordinator {
             reserving: false,
             pending: None,
             savepoints: VecDeque::new(),
-            last_trigger_ms: now_ms,
+            last_trigger_ms,
             last_end_ms: None,
             consecutive_failures: 0,
             retained: catalog.completed.iter().map(|c| c.id).collect(),

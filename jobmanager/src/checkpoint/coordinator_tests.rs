@@ -171,6 +171,52 @@ fn new_coordinator_continues_after_the_catalog_reservation() {
     );
 }
 
+/// A leader that takes over long after the newest checkpoint was triggered
+/// (the one in flight was lost with the former leader) checkpoints at once
+/// instead of waiting a whole interval.
+#[test]
+fn new_leader_keeps_the_schedule_of_the_catalog() {
+    let mut state = ClusterState::default();
+    let mut old = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
+    let Action::ReserveIds { up_to } = old.tick(INTERVAL)[0].clone() else {
+        panic!("expected a reservation")
+    };
+    old.on_ids_reserved(up_to);
+    let id = triggered(&old.tick(INTERVAL)).unwrap();
+    let Action::Commit(done) = ack_all(&mut old, id, INTERVAL + 1).remove(0) else {
+        panic!("expected a commit")
+    };
+    state.apply(&Command::SubmitJob {
+        id: "j".into(),
+        name: "n".into(),
+        spec_json: "{}".into(),
+        parallelism: 2,
+        max_parallelism: 128,
+        time_ms: 0,
+        restore_from: None,
+    });
+    state.apply(&Command::ReserveCheckpointIds {
+        job: "j".into(),
+        up_to,
+    });
+    state.apply(&Command::CheckpointCompleted {
+        job: "j".into(),
+        checkpoint: done,
+    });
+    let catalog = state.checkpoint_catalog(&"j".into());
+    let late = 3 * INTERVAL + INTERVAL / 2;
+    let mut new = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), catalog, late);
+    assert!(
+        matches!(new.tick(late).as_slice(), [Action::ReserveIds { .. }]),
+        "due at once"
+    );
+    // One that takes over within the interval waits for the rest of it.
+    let soon = INTERVAL + INTERVAL / 2;
+    let mut new = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), catalog, soon);
+    assert!(new.tick(soon).is_empty());
+    assert!(!new.tick(2 * INTERVAL).is_empty());
+}
+
 /// A leader change loses the checkpoint in flight: the new leader aborts
 /// it (once) when the TaskManagers' retried reports for it arrive, and
 /// leaves completed checkpoints and its own alone.

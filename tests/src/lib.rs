@@ -60,10 +60,28 @@ pub struct Node {
     cut: bool,
     /// The ready file's content from the last start.
     pub ready: serde_json::Value,
+    /// `RUST_LOG` of the process.
+    log_filter: String,
+}
+
+/// `RUST_LOG` of the cluster's processes: `EDDY_NODE_LOG` (default `info`),
+/// then `extra` directives.
+fn node_log_filter(extra: Option<&str>) -> String {
+    let base = std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into());
+    match extra {
+        Some(extra) => format!("{base},{extra}"),
+        None => base,
+    }
 }
 
 impl Node {
-    fn start(name: &str, bin: PathBuf, args: Vec<String>, dir: PathBuf) -> anyhow::Result<Node> {
+    fn start(
+        name: &str,
+        bin: PathBuf,
+        args: Vec<String>,
+        dir: PathBuf,
+        log_filter: String,
+    ) -> anyhow::Result<Node> {
         let mut node = Node {
             name: name.to_string(),
             dir,
@@ -73,6 +91,7 @@ impl Node {
             paused: false,
             cut: false,
             ready: serde_json::Value::Null,
+            log_filter,
         };
         node.spawn()?;
         Ok(node)
@@ -91,10 +110,7 @@ impl Node {
             .open(self.dir.join("node.log"))?;
         let child = Command::new(&self.bin)
             .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -240,6 +256,7 @@ pub struct ClusterBuilder {
     heartbeat_timeout: String,
     kpu_memory: Option<String>,
     netns: bool,
+    log: Option<String>,
 }
 
 impl ClusterBuilder {
@@ -264,6 +281,12 @@ impl ClusterBuilder {
     }
     pub fn kpu_memory(mut self, m: &str) -> Self {
         self.kpu_memory = Some(m.to_string());
+        self
+    }
+    /// More `RUST_LOG` directives for every process, after `EDDY_NODE_LOG`
+    /// (default `info`), e.g. `eddy_taskmanager::operators::kafka=debug`.
+    pub fn node_log(mut self, directives: &str) -> Self {
+        self.log = Some(directives.to_string());
         self
     }
     /// Runs every process in its own network namespace ([`netns`]), so
@@ -332,7 +355,13 @@ impl ClusterBuilder {
                 args.extend(["--peers".into(), peers.clone()]);
             }
             let (bin, args) = in_namespace(net.as_ref(), name, bins.join("eddy-jobmanager"), args);
-            jms.push(Node::start(name, bin, args, jm_dir)?);
+            jms.push(Node::start(
+                name,
+                bin,
+                args,
+                jm_dir,
+                node_log_filter(self.log.as_deref()),
+            )?);
         }
         let mut cluster = Cluster {
             dir: Some(dir),
@@ -341,6 +370,7 @@ impl ClusterBuilder {
             slots: self.slots,
             kpu_memory: self.kpu_memory,
             net,
+            log: self.log,
         };
         for _ in 0..self.taskmanagers {
             cluster.add_taskmanager()?;
@@ -390,6 +420,8 @@ pub struct Cluster {
     /// The network namespaces, when the cluster runs in them (dropped after
     /// the processes).
     net: Option<netns::Network>,
+    /// Extra `RUST_LOG` directives ([`ClusterBuilder::node_log`]).
+    log: Option<String>,
 }
 
 impl Cluster {
@@ -401,6 +433,7 @@ impl Cluster {
             heartbeat_timeout: "3s".into(),
             kpu_memory: Some("256MiB".into()),
             netns: false,
+            log: None,
         }
     }
 
@@ -502,7 +535,7 @@ impl Cluster {
             bin_dir().join("eddy-taskmanager"),
             args,
         );
-        let node = Node::start(&name, bin, args, dir)?;
+        let node = Node::start(&name, bin, args, dir, node_log_filter(self.log.as_deref()))?;
         self.tms.push(node);
         Ok(self.tms.last_mut().expect("just pushed"))
     }

@@ -129,6 +129,9 @@ impl StateChanges {
 pub struct RestoredState {
     /// The key groups this subtask owns.
     pub key_groups: Range<u32>,
+    /// The checkpoint (or savepoint) restored, when the runtime knows it
+    /// (for operators' logs).
+    pub checkpoint: Option<CheckpointId>,
     states: HashMap<String, Vec<StateEntry>>,
 }
 
@@ -136,6 +139,7 @@ impl RestoredState {
     pub fn new(key_groups: Range<u32>) -> Self {
         Self {
             key_groups,
+            checkpoint: None,
             states: HashMap::new(),
         }
     }

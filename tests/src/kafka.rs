@@ -338,3 +338,99 @@ impl Drop for KafkaBroker {
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// Bound on reading a topic (against hangs only).
+const READ_BOUND: Duration = Duration::from_secs(120);
+
+/// Produces `values` (partition, payload) without a transaction, and flushes.
+pub fn produce(servers: &str, topic: &str, values: &[(i32, &str)]) -> anyhow::Result<()> {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()?;
+    for (partition, v) in values {
+        p.send(
+            BaseRecord::<(), str>::to(topic)
+                .partition(*partition)
+                .payload(*v),
+        )
+        .map_err(|(e, _)| e)?;
+    }
+    p.flush(Duration::from_secs(90))?;
+    Ok(())
+}
+
+/// Reads `topic` (all partitions, read_committed) until `want` records came,
+/// then as long as more keep coming within `quiet`: the values.
+pub fn read_all(
+    servers: &str,
+    topic: &str,
+    want: usize,
+    quiet: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", format!("checker-{}", rand::random::<u64>()))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let deadline = Instant::now() + READ_BOUND;
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "read {} of {want} records of {topic}",
+            out.len()
+        );
+        match c.poll(Duration::from_millis(100)) {
+            Some(m) => {
+                let m = m?;
+                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+                last = Instant::now();
+            }
+            None if out.len() >= want && last.elapsed() >= quiet => return Ok(out),
+            None => {}
+        }
+    }
+}
+
+/// The `seq` field of JSON values, sorted.
+pub fn sorted_seqs(values: &[String]) -> Vec<i64> {
+    let mut seqs: Vec<i64> = values
+        .iter()
+        .map(|v| {
+            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
+            v["seq"].as_i64().expect("a seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// `rounds` times, 2.5 s apart: SIGKILLs a TaskManager that runs a subtask
+/// of `job` and starts it again a second later (it registers as a spare).
+pub async fn kill_job_taskmanagers(
+    cluster: &mut crate::Cluster,
+    job: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let detail = cluster.client().job(job).await?;
+        let victim = (0..cluster.tms.len())
+            .find(|i| {
+                let name = format!("taskmanager-{i}");
+                detail
+                    .vertices
+                    .iter()
+                    .any(|v| v.subtasks.iter().any(|s| s.taskmanager == name))
+            })
+            .unwrap_or(round % cluster.tms.len());
+        tracing::info!(round, victim, "--- SIGKILL a TaskManager running the job");
+        cluster.tms[victim].kill9()?;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        cluster.tms[victim].restart()?;
+    }
+    Ok(())
+}

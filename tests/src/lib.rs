@@ -12,10 +12,7 @@
 use anyhow::{Context, bail};
 use eddy_sdk::client::Client;
 use eddy_sdk::rest::{JobDetail, JobState};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod ha;
@@ -23,7 +20,11 @@ pub mod kafka;
 pub mod members;
 pub mod netns;
 pub mod nexmark_reference;
+mod node;
 pub mod windowed_job;
+
+pub use node::Node;
+pub(crate) use node::node_log_filter;
 
 /// Where the built binaries are.
 pub fn bin_dir() -> PathBuf {
@@ -48,201 +49,6 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// One process of the cluster.
-pub struct Node {
-    pub name: String,
-    pub dir: PathBuf,
-    bin: PathBuf,
-    args: Vec<String>,
-    /// Extra environment (`EDDY_*` configuration).
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-    /// Stopped with SIGSTOP and not resumed.
-    paused: bool,
-    /// Cut off the network ([`Cluster::cut`]) and not healed.
-    cut: bool,
-    /// The ready file's content from the last start.
-    pub ready: serde_json::Value,
-}
-
-impl Node {
-    pub(crate) fn start(
-        name: &str,
-        bin: PathBuf,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-        dir: PathBuf,
-    ) -> anyhow::Result<Node> {
-        let mut node = Node {
-            name: name.to_string(),
-            dir,
-            bin,
-            args,
-            env,
-            child: None,
-            paused: false,
-            cut: false,
-            ready: serde_json::Value::Null,
-        };
-        node.spawn()?;
-        Ok(node)
-    }
-
-    fn ready_file(&self) -> PathBuf {
-        self.dir.join("ready.json")
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let _ = std::fs::remove_file(self.ready_file());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))?;
-        let child = Command::new(&self.bin)
-            .args(&self.args)
-            .envs(self.env.iter().cloned())
-            .env(
-                "RUST_LOG",
-                std::env::var("EDDY_NODE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (build the workspace first)",
-                    self.bin.display()
-                )
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(self.ready_file())
-                && let Ok(v) = serde_json::from_str(&text)
-            {
-                self.ready = v;
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{} exited during startup ({status}):\n{}",
-                    self.name,
-                    self.log_tail(30)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready within 60s:\n{}", self.name, self.log_tail(30));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
-    }
-
-    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
-        let pid = self.pid().context("process not running")?;
-        kill(pid, sig).with_context(|| format!("cannot send {sig} to {}", self.name))
-    }
-
-    /// SIGKILL, and reap.
-    pub fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.paused = false;
-        Ok(())
-    }
-
-    /// SIGSTOP: the process stops answering but keeps its sockets.
-    pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGSTOP)?;
-        self.paused = true;
-        Ok(())
-    }
-
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGCONT)?;
-        self.paused = false;
-        Ok(())
-    }
-
-    /// Started, not killed, not paused and not cut off: it can answer.
-    pub fn is_live(&self) -> bool {
-        self.child.is_some() && !self.paused && !self.cut
-    }
-
-    /// `http://<rest_addr>` (JobManagers).
-    pub fn rest_url(&self) -> String {
-        format!("http://{}", self.ready_str("rest_addr"))
-    }
-
-    /// Starts the process again with the same arguments and data directory,
-    /// on the same ports it had bound (so peers and clients find it again).
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9()?;
-        for (flag, field) in [
-            ("--rest-addr", "rest_addr"),
-            ("--rpc-addr", "rpc_addr"),
-            ("--metrics-addr", "metrics_addr"),
-        ] {
-            let bound = self.ready_str(field);
-            if bound.is_empty() {
-                continue;
-            }
-            if let Some(i) = self.args.iter().position(|a| a == flag) {
-                self.args[i + 1] = bound;
-            } else {
-                self.args.extend([flag.to_string(), bound]);
-            }
-        }
-        self.spawn()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn ready_str(&self, field: &str) -> String {
-        self.ready
-            .get(field)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// The last lines of the node's log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        format!(
-            "--- {} ---\n{}",
-            self.name,
-            all[all.len().saturating_sub(lines)..].join("\n")
-        )
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.kill9();
-    }
-}
-
 /// How to start a cluster.
 pub struct ClusterBuilder {
     jobmanagers: usize,
@@ -252,6 +58,7 @@ pub struct ClusterBuilder {
     kpu_memory: Option<String>,
     netns: bool,
     jobmanager_env: Vec<(String, String)>,
+    log: Option<String>,
 }
 
 impl ClusterBuilder {
@@ -282,6 +89,12 @@ impl ClusterBuilder {
     /// configuration key, e.g. `EDDY_RAFT__SNAPSHOT_LOGS`).
     pub fn jobmanager_env(mut self, key: &str, value: &str) -> Self {
         self.jobmanager_env.push((key.into(), value.into()));
+        self
+    }
+    /// More `RUST_LOG` directives for every process, after `EDDY_NODE_LOG`
+    /// (default `info`), e.g. `eddy_taskmanager::operators::kafka=debug`.
+    pub fn node_log(mut self, directives: &str) -> Self {
+        self.log = Some(directives.to_string());
         self
     }
     /// Runs every process in its own network namespace ([`netns`]), so
@@ -356,6 +169,7 @@ impl ClusterBuilder {
                 args,
                 self.jobmanager_env.clone(),
                 jm_dir,
+                node_log_filter(self.log.as_deref()),
             )?);
         }
         let mut cluster = Cluster {
@@ -367,6 +181,7 @@ impl ClusterBuilder {
             net,
             jobmanager_env: self.jobmanager_env,
             heartbeat_timeout: self.heartbeat_timeout,
+            log: self.log,
         };
         for _ in 0..self.taskmanagers {
             cluster.add_taskmanager()?;
@@ -420,6 +235,8 @@ pub struct Cluster {
     pub(crate) jobmanager_env: Vec<(String, String)>,
     /// The JobManagers' `--heartbeat-timeout`.
     pub(crate) heartbeat_timeout: String,
+    /// Extra `RUST_LOG` directives ([`ClusterBuilder::node_log`]).
+    pub(crate) log: Option<String>,
 }
 
 impl Cluster {
@@ -432,6 +249,7 @@ impl Cluster {
             kpu_memory: Some("256MiB".into()),
             netns: false,
             jobmanager_env: Vec::new(),
+            log: None,
         }
     }
 
@@ -533,7 +351,14 @@ impl Cluster {
             bin_dir().join("eddy-taskmanager"),
             args,
         );
-        let node = Node::start(&name, bin, args, Vec::new(), dir)?;
+        let node = Node::start(
+            &name,
+            bin,
+            args,
+            Vec::new(),
+            dir,
+            node_log_filter(self.log.as_deref()),
+        )?;
         self.tms.push(node);
         Ok(self.tms.last_mut().expect("just pushed"))
     }

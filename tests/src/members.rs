@@ -2,7 +2,7 @@
 //! `--join` (members only once the leader adds them) and the membership
 //! changes, as an operator runs them over REST.
 
-use crate::{Cluster, Node, bin_dir, free_ports};
+use crate::{Cluster, Node, bin_dir, free_ports, node_log_filter};
 use eddy_sdk::rest::{AddMemberRequest, ClusterStatus, MemberRole};
 
 impl Cluster {
@@ -42,6 +42,7 @@ impl Cluster {
             args,
             self.jobmanager_env.clone(),
             dir,
+            node_log_filter(self.log.as_deref()),
         )?;
         self.jms.push(node);
         Ok(i)

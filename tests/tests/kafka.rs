@@ -4,32 +4,17 @@
 //! loopback port (the TaskManagers connect to it like to any broker): the
 //! mock has no transactional offsets and shows aborted records, so the
 //! exactly-once scenarios need the patched tansu broker (`KafkaBroker`).
+//! A keyed window job under TaskManager kills is in `kafka_keyed.rs`, a
+//! broker outage in `kafka_outage.rs`.
 
 use eddy_sdk::rest::JobState;
 use eddy_tests::Cluster;
-use rdkafka::ClientConfig;
+use eddy_tests::kafka::{produce, read_all, sorted_seqs};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::time::Duration;
 use tracing::info;
 
 const LONG: Duration = Duration::from_secs(90);
-
-fn produce(servers: &str, topic: &str, values: &[(i32, &str)]) -> anyhow::Result<()> {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()?;
-    for (partition, v) in values {
-        p.send(
-            BaseRecord::<(), str>::to(topic)
-                .partition(*partition)
-                .payload(*v),
-        )
-        .map_err(|(e, _)| e)?;
-    }
-    p.flush(LONG)?;
-    Ok(())
-}
 
 /// A malformed JSON record with `on_error: fail` fails the job as bad data,
 /// and the failure names the topic, partition and offset of the record.
@@ -70,61 +55,6 @@ async fn kafka_malformed_json_fails_the_job_naming_the_record() -> anyhow::Resul
         "{failure:?}"
     );
     Ok(())
-}
-
-/// Reads `topic` (all partitions, read_committed) until `want` records came,
-/// then as long as more keep coming within `quiet`: the values.
-fn read_all(
-    servers: &str,
-    topic: &str,
-    want: usize,
-    quiet: Duration,
-) -> anyhow::Result<Vec<String>> {
-    use rdkafka::Message;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .set(
-            "group.id",
-            format!("checker-{}", std::process::id())
-                + &format!("-{:?}", std::time::Instant::now()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    c.subscribe(&[topic])?;
-    let deadline = std::time::Instant::now() + LONG;
-    let mut out = Vec::new();
-    let mut last = std::time::Instant::now();
-    loop {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "read {} of {want} records of {topic}",
-            out.len()
-        );
-        match c.poll(Duration::from_millis(100)) {
-            Some(m) => {
-                let m = m?;
-                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-                last = std::time::Instant::now();
-            }
-            None if out.len() >= want && last.elapsed() >= quiet => return Ok(out),
-            None => {}
-        }
-    }
-}
-
-/// The `seq` field of JSON values, sorted.
-fn sorted_seqs(values: &[String]) -> Vec<i64> {
-    let mut seqs: Vec<i64> = values
-        .iter()
-        .map(|v| {
-            let v: serde_json::Value = serde_json::from_str(v).expect("JSON values");
-            v["seq"].as_i64().expect("a seq")
-        })
-        .collect();
-    seqs.sort_unstable();
-    seqs
 }
 
 /// Kafka -> filter -> Kafka with `delivery: exactly_once` in a running
@@ -212,27 +142,7 @@ async fn chaos(servers: &str, input: &str, output: &str, exact: bool) -> anyhow:
         }
         Ok(())
     });
-    for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
-        let detail = cluster.client().job(&job).await?;
-        let victim = cluster
-            .tms
-            .iter()
-            .enumerate()
-            .map(|(i, _)| i)
-            .find(|i| {
-                let name = format!("taskmanager-{i}");
-                detail
-                    .vertices
-                    .iter()
-                    .any(|v| v.subtasks.iter().any(|s| s.taskmanager == name))
-            })
-            .unwrap_or(round % 3);
-        info!(round, victim, "--- SIGKILL a TaskManager running the job");
-        cluster.tms[victim].kill9()?;
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        cluster.tms[victim].restart()?;
-    }
+    eddy_tests::kafka::kill_job_taskmanagers(&mut cluster, &job, 3).await?;
     producing
         .join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
@@ -298,62 +208,6 @@ async fn kafka_taskmanagers_killed_real_broker_exactly_once() -> anyhow::Result<
     chaos(&broker.bootstrap(), "seq", "even", true)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nbroker log:\n{}", broker.log_tail()))
-}
-
-/// The broker goes down for 30 s while the job runs. librdkafka retries
-/// within its timeouts, so the job may ride the outage out (then every
-/// record comes out once) or fail; a failure must be classified connector
-/// or infrastructure, and the restarted job goes on from its checkpoint.
-/// Either way nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_broker_outage_of_30s_loses_nothing() -> anyhow::Result<()> {
-    eddy_tests::init_logging();
-    let mock = MockCluster::new(1)?;
-    mock.create_topic("seq", 4, 1)?;
-    mock.create_topic("even", 2, 1)?;
-    let servers = mock.bootstrap_servers();
-    let records = |range: std::ops::Range<i32>| -> Vec<(i32, String)> {
-        range
-            .map(|i| (i % 4, format!(r#"{{"seq": {i}, "k": {}}}"#, i % 10)))
-            .collect()
-    };
-    let send = |values: Vec<(i32, String)>| {
-        let refs: Vec<(i32, &str)> = values.iter().map(|(p, v)| (*p, v.as_str())).collect();
-        produce(&servers, "seq", &refs)
-    };
-    send(records(0..1000))?;
-    let cluster = Cluster::builder().taskmanagers(1).slots(2).start().await?;
-    let storage = cluster.dir().join("checkpoints");
-    let spec = format!(
-        "name: outage\nparallelism: 2\ncheckpoint: {{interval: 500ms, storage: '{}'}}\nrestart: {{initial_backoff: 1s, max_backoff: 5s, max_failures_per_interval: 100, interval: 10m}}\nnodes:\n  - {{id: src, kind: kafka, bootstrap_servers: '{servers}', topics: [seq], schema: [{{name: seq, type: int64}}, {{name: k, type: int64}}]}}\n  - {{id: even, kind: filter, input: src, predicate: 'seq % 2 = 0'}}\n  - {{id: out, kind: kafka, input: even, bootstrap_servers: '{servers}', topic: even, key: [k], delivery: exactly_once}}\n",
-        storage.display()
-    );
-    let job = cluster.client().submit(&spec).await?.job_id;
-    read_all(&servers, "even", 500, Duration::from_secs(1))?;
-    info!("--- the broker goes down for 30 s");
-    mock.broker_down(1)?;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    mock.broker_up(1)?;
-    info!("--- the broker is back");
-    send(records(1000..2000))?;
-    let got = read_all(&servers, "even", 1000, Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("{e}\nlogs:\n{}", cluster.log_tails(40)))?;
-    let mut seqs = sorted_seqs(&got);
-    let exceptions = cluster.client().exceptions(&job).await?;
-    assert!(
-        exceptions
-            .exceptions
-            .iter()
-            .all(|e| e.class == "connector" || e.class == "infrastructure"),
-        "{exceptions:?}"
-    );
-    if !exceptions.exceptions.is_empty() {
-        // Restarted: the mock cannot keep the sink's commit markers, so
-        // restored buffers may have been written twice.
-        seqs.dedup();
-    }
-    assert_eq!(seqs, (0..2000).step_by(2).collect::<Vec<i64>>());
-    Ok(())
 }
 
 /// The issue's example spec, as written (with the mock's address): orders

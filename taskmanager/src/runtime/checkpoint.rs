@@ -299,11 +299,13 @@ impl TaskState {
                 backend,
                 ids: HashMap::new(),
             };
-            let r = if restore.is_some() {
-                n.read_all().map_err(|source| Error::State {
+            let r = if let Some(plan) = restore {
+                let mut r = n.read_all().map_err(|source| Error::State {
                     node: node.clone(),
                     source: Box::new(source),
-                })?
+                })?;
+                r.checkpoint = Some(plan.checkpoint);
+                r
             } else {
                 RestoredState::new(scope.key_groups.clone())
             };

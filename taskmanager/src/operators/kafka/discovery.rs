@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 
 /// Timeout of one metadata or offsets request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first listing is retried this often until it succeeds.
+/// A failed listing is retried this often until one succeeds.
 const RETRY: Duration = Duration::from_secs(1);
-/// The source fails when no listing succeeded for this long.
+/// The source fails when listings kept failing for this long (a periodic
+/// listing that fails once does not: the last success is an interval old).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// High watermarks are refreshed this often.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -125,7 +126,9 @@ impl Worker {
             .map_or(DEFAULT_DISCOVERY_INTERVAL, |d| d.0);
         let mut known: HashSet<Tp> = HashSet::new();
         let mut first = true;
-        let mut last_success = Instant::now();
+        // When the current run of failed listings began (the start, for
+        // the first listing).
+        let mut failing_since = Some(Instant::now());
         let mut next_listing = Instant::now();
         let mut next_lag = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
@@ -133,7 +136,7 @@ impl Worker {
             if now >= next_listing {
                 match self.list_and_resolve(&known, first) {
                     Ok(new) => {
-                        last_success = now;
+                        failing_since = None;
                         first = false;
                         if !new.is_empty() {
                             known.extend(new.iter().map(|(tp, _)| tp.clone()));
@@ -149,7 +152,8 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::warn!(node = %self.node, error = %e, "kafka source cannot list its partitions");
-                        if now.duration_since(last_success) >= GIVE_UP_AFTER {
+                        let since = *failing_since.get_or_insert(now);
+                        if now.duration_since(since) >= GIVE_UP_AFTER {
                             let _ = self.tx.send(Assignment::Failed(e));
                             return;
                         }

@@ -567,6 +567,15 @@ impl Source for KafkaSource {
                 }
             }
         }
+        // One debug line per partition and checkpoint (too many for info at
+        // short intervals): what a restore from this checkpoint resumes at.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut sorted: Vec<_> = all.iter().collect();
+            sorted.sort();
+            for ((topic, partition), next) in sorted {
+                tracing::debug!(node = %self.node, subtask = self.ctx.subtask, checkpoint_id = barrier.checkpoint.0, %topic, partition, offset = next, "kafka source snapshotted an offset");
+            }
+        }
         self.snapshotted = Some(all);
         if self.spec.group_id.is_some() {
             self.to_commit
@@ -600,7 +609,13 @@ impl Source for KafkaSource {
                 })?;
             restored.insert(tp, next);
         }
-        tracing::info!(node = %self.node, subtask = self.ctx.subtask, partitions = restored.len(), "kafka source restored its offsets");
+        let checkpoint_id = state.checkpoint.map(|c| c.0);
+        let mut sorted: Vec<_> = restored.iter().collect();
+        sorted.sort();
+        for ((topic, partition), next) in sorted {
+            tracing::info!(node = %self.node, subtask = self.ctx.subtask, checkpoint_id, %topic, partition, offset = next, "kafka source restored an offset");
+        }
+        tracing::info!(node = %self.node, subtask = self.ctx.subtask, checkpoint_id, partitions = restored.len(), "kafka source restored its offsets");
         self.restored = Some(restored);
         self.snapshotted = None;
         crate::operators::window::unknown_states(&self.node, &state)

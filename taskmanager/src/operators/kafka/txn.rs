@@ -288,7 +288,22 @@ impl Worker {
                     let abortable = matches!(&e, KafkaError::Transaction(r) if r.txn_requires_abort() || r.is_retriable());
                     tracing::warn!(node = %self.setup.node, transactional_id = %t.id, checkpoint_id = last.0, attempt, error = %e, "kafka sink transaction failed");
                     if abortable && attempt < ATTEMPTS {
-                        let _ = t.producer.abort_transaction(Duration::from_secs(30));
+                        // An abort that does not complete (librdkafka keeps
+                        // it pending while a request to an unreachable
+                        // coordinator is in flight, up to its request
+                        // timeout) makes every retry fail with "conflicting
+                        // abort_transaction call": fail now, a restart
+                        // fences this producer.
+                        if let Err(abort) = t.producer.abort_transaction(Duration::from_secs(30)) {
+                            tracing::warn!(node = %self.setup.node, transactional_id = %t.id, checkpoint_id = last.0, error = %abort, "kafka sink could not abort the failed transaction");
+                            return Err((
+                                format!(
+                                    "the transaction of checkpoint {} failed and could not be aborted",
+                                    last.0
+                                ),
+                                Some(e),
+                            ));
+                        }
                         continue;
                     }
                     let _ = t.producer.abort_transaction(Duration::from_secs(30));

@@ -85,6 +85,21 @@ fn ack_all(c: &mut Coordinator, id: CheckpointId, now: i64) -> Vec<Action> {
     out
 }
 
+/// A cluster state holding job `j` (parallelism 2).
+fn state_with_job() -> ClusterState {
+    let mut state = ClusterState::default();
+    state.apply(&Command::SubmitJob {
+        id: "j".into(),
+        name: "n".into(),
+        spec_json: "{}".into(),
+        parallelism: 2,
+        max_parallelism: 128,
+        time_ms: 0,
+        restore_from: None,
+    });
+    state
+}
+
 /// Triggers, acks everything and commits one checkpoint at `now`.
 fn complete_one(c: &mut Coordinator, now: i64) -> (CheckpointId, Vec<Action>) {
     let id = triggered(&c.tick(now)).expect("a checkpoint is due");
@@ -123,16 +138,7 @@ fn tick_without_reserved_ids_reserves_once_then_triggers() {
 /// fewer checkpoints completed: ids a former leader may have used are skipped.
 #[test]
 fn new_coordinator_continues_after_the_catalog_reservation() {
-    let mut state = ClusterState::default();
-    state.apply(&Command::SubmitJob {
-        id: "j".into(),
-        name: "n".into(),
-        spec_json: "{}".into(),
-        parallelism: 2,
-        max_parallelism: 128,
-        time_ms: 0,
-        restore_from: None,
-    });
+    let mut state = state_with_job();
     let mut c = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
     let Action::ReserveIds { up_to } = c.tick(INTERVAL)[0].clone() else {
         panic!("expected a reservation")
@@ -176,7 +182,7 @@ fn new_coordinator_continues_after_the_catalog_reservation() {
 /// instead of waiting a whole interval.
 #[test]
 fn new_leader_keeps_the_schedule_of_the_catalog() {
-    let mut state = ClusterState::default();
+    let mut state = state_with_job();
     let mut old = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
     let Action::ReserveIds { up_to } = old.tick(INTERVAL)[0].clone() else {
         panic!("expected a reservation")
@@ -186,15 +192,6 @@ fn new_leader_keeps_the_schedule_of_the_catalog() {
     let Action::Commit(done) = ack_all(&mut old, id, INTERVAL + 1).remove(0) else {
         panic!("expected a commit")
     };
-    state.apply(&Command::SubmitJob {
-        id: "j".into(),
-        name: "n".into(),
-        spec_json: "{}".into(),
-        parallelism: 2,
-        max_parallelism: 128,
-        time_ms: 0,
-        restore_from: None,
-    });
     state.apply(&Command::ReserveCheckpointIds {
         job: "j".into(),
         up_to,
@@ -222,16 +219,7 @@ fn new_leader_keeps_the_schedule_of_the_catalog() {
 /// leaves completed checkpoints and its own alone.
 #[test]
 fn new_leader_aborts_an_inherited_checkpoint_once() {
-    let mut state = ClusterState::default();
-    state.apply(&Command::SubmitJob {
-        id: "j".into(),
-        name: "n".into(),
-        spec_json: "{}".into(),
-        parallelism: 2,
-        max_parallelism: 128,
-        time_ms: 0,
-        restore_from: None,
-    });
+    let mut state = state_with_job();
     let mut old = Coordinator::new(JobId::from("j"), settings(3, 0), topology(), None, 0);
     let Action::ReserveIds { up_to } = old.tick(INTERVAL)[0].clone() else {
         panic!("expected a reservation")

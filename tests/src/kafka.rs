@@ -104,6 +104,11 @@ impl KafkaBroker {
         Err(last.expect("at least one attempt"))
     }
 
+    /// The broker's process id while it runs (for CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)

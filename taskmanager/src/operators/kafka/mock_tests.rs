@@ -151,7 +151,7 @@ fn source_mock_offsets_restore_at_another_parallelism_without_loss_or_duplicates
     }
 }
 
-/// `fail` names topic, partition and offset; `skip` drops; `dead_letter`
+/// `fail` names topic, partition and offset; `skip` drops and counts; `dead_letter`
 /// writes the record, with the error in a header, to the named topic.
 #[test]
 fn source_mock_bad_records_follow_on_error() {
@@ -189,6 +189,12 @@ fn source_mock_bad_records_follow_on_error() {
     let spec = job(&servers, ", on_error: skip");
     let mut s = source(&spec, 0, 1);
     assert_eq!(seqs(&poll_until(&mut [&mut s], 2)), vec![1, 3]);
+    let labels = super::metrics::NodeLabels::new(&task_context(0, 1, true), &NodeId::from("src"));
+    let skipped = super::metrics::METRICS
+        .records_skipped
+        .get_or_create(&labels)
+        .get();
+    assert_eq!(skipped, 1, "the skipped record is counted");
     // dead_letter
     let spec = job(
         &servers,

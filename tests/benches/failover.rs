@@ -148,9 +148,7 @@ fn reattached(cluster: &Cluster, since_ms: i64) -> Option<i64> {
             .lines()
             .filter(|l| l.contains("registered with JobManager"))
             .filter_map(|l| {
-                // Older binaries colour their log files.
-                let l = l.trim_start_matches("\x1b[2m");
-                let at = l.split(|c: char| c.is_whitespace() || c == '\x1b').next()?;
+                let at = l.split_whitespace().next()?;
                 Some(
                     chrono::DateTime::parse_from_rfc3339(at)
                         .ok()?
@@ -163,16 +161,12 @@ fn reattached(cluster: &Cluster, since_ms: i64) -> Option<i64> {
     Some(last - since_ms)
 }
 
-/// Polls the survivors every [`SAMPLE`] until one says it leads.
-async fn new_leader(cluster: &Cluster, survivors: &[usize]) -> anyhow::Result<usize> {
+/// Polls the live JobManagers every [`SAMPLE`] until one says it leads.
+async fn new_leader(cluster: &Cluster) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        for &i in survivors {
-            if let Ok(o) = cluster.client_of(i).overview().await
-                && o.is_leader
-            {
-                return Ok(i);
-            }
+        if let Some(i) = cluster.leader().await {
+            return Ok(i);
         }
         anyhow::ensure!(Instant::now() < deadline, "no leader within 60 s");
         tokio::time::sleep(SAMPLE).await;
@@ -216,7 +210,7 @@ async fn round(cluster: &mut Cluster, job: &str, samples: &Samples) -> anyhow::R
     let killed = Instant::now();
     let killed_ms = chrono::Utc::now().timestamp_millis();
     cluster.jms[old].kill9()?;
-    let new = new_leader(cluster, &survivors).await?;
+    let new = new_leader(cluster).await?;
     let elected = killed.elapsed();
     let probe = first_write(cluster, &survivors).await?;
     let write = killed.elapsed();

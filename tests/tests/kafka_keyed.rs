@@ -72,24 +72,6 @@ fn windows(values: &[String]) -> anyhow::Result<Windows> {
     Ok(m)
 }
 
-/// Without ANSI colour codes.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The value of `name=` in a log line.
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     // The last match: span fields, if any, come before the event's.
@@ -102,12 +84,11 @@ fn offset_lines(log: &str, message: &str) -> Vec<(u64, String, i32, i64)> {
     log.lines()
         .filter(|l| l.contains(message))
         .filter_map(|l| {
-            let l = plain(l);
             Some((
-                field(&l, "checkpoint_id")?.parse().ok()?,
-                field(&l, "topic")?.to_string(),
-                field(&l, "partition")?.parse().ok()?,
-                field(&l, "offset")?.parse().ok()?,
+                field(l, "checkpoint_id")?.parse().ok()?,
+                field(l, "topic")?.to_string(),
+                field(l, "partition")?.parse().ok()?,
+                field(l, "offset")?.parse().ok()?,
             ))
         })
         .collect()

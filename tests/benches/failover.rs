@@ -67,12 +67,9 @@ fn rounds_arg() -> anyhow::Result<usize> {
 
 /// The sum of `eddy_taskmanager_records_in_total` of `vertex` in `text`.
 fn records_in(text: &str, job: &str, vertex: u32) -> u64 {
-    let labels = [format!("job_id=\"{job}\""), format!("vertex=\"{vertex}\"")];
-    text.lines()
-        .filter(|l| l.starts_with("eddy_taskmanager_records_in_total{"))
-        .filter(|l| labels.iter().all(|want| l.contains(want.as_str())))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let vertex = vertex.to_string();
+    let labels = [("job_id", job), ("vertex", vertex.as_str())];
+    eddy_tests::metric_sum(text, "eddy_taskmanager_records_in_total", &labels) as u64
 }
 
 /// Samples the records the sink task received, every [`SAMPLE`], forever.

@@ -108,14 +108,7 @@ where
 /// The sum of the samples of `metric` at `url` (Prometheus text).
 pub async fn metric(url: &str, metric: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(url).await?.error_for_status()?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(crate::metric_sum(&text, metric, &[]))
 }
 
 /// JobManager `jms[i]`'s current Raft term.

@@ -39,6 +39,23 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The sum of the samples of `metric` in Prometheus text whose labels
+/// include every `(name, value)` of `labels`.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: Vec<String> = labels
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{value}\""))
+        .collect();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Logs of the test itself (`RUST_LOG` filters).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
@@ -506,5 +523,27 @@ impl Drop for Cluster {
             let path = dir.keep();
             eprintln!("EDDY_TEST_KEEP=1: cluster files kept in {}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sum_adds_the_series_with_every_wanted_label() {
+        let text = "# TYPE m counter\n\
+                    m_total{job_id=\"a\",node=\"x\"} 2\n\
+                    m_total{job_id=\"a\",node=\"y\"} 3\n\
+                    m_total{job_id=\"b\",node=\"x\"} 5\n\
+                    m_total_other{job_id=\"a\",node=\"x\"} 7\n\
+                    n_total 11\n";
+        assert_eq!(metric_sum(text, "m_total", &[]), 10.0);
+        assert_eq!(metric_sum(text, "m_total", &[("job_id", "a")]), 5.0);
+        assert_eq!(
+            metric_sum(text, "m_total", &[("job_id", "a"), ("node", "x")]),
+            2.0
+        );
+        assert_eq!(metric_sum(text, "n_total", &[]), 11.0);
     }
 }

@@ -7,18 +7,7 @@ use std::time::Instant;
 
 /// Sums `name` over the series of `node` in job `job` in one `/metrics` text.
 pub fn counter(text: &str, name: &str, job: &str, node: &str) -> u64 {
-    let job_label = format!("job_id=\"{job}\"");
-    let node_label = format!("node=\"{node}\"");
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{'))
-                && l.contains(&job_label)
-                && l.contains(&node_label)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    eddy_tests::metric_sum(text, name, &[("job_id", job), ("node", node)]) as u64
 }
 
 /// The Kafka source's records read and the sink's records produced (for

@@ -219,6 +219,37 @@ impl Coordinator {
         self.savepoints.len()
     }
 
+    /// When [`Coordinator::tick`] next has something to do on its own: the
+    /// pending checkpoint's expiry, or the next periodic trigger (the later
+    /// of the interval and the minimum pause). `None` while it waits for an
+    /// event instead (ids being reserved, a commit in Raft, a failed or
+    /// stopped job). A queued savepoint is due at once, a requested
+    /// checkpoint once the minimum pause is over.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        if self.failed || self.stopped || self.reserving {
+            return None;
+        }
+        if let Some(p) = &self.pending {
+            return (!p.committing).then(|| {
+                p.trigger_ms
+                    .saturating_add(self.settings.timeout.as_millis_i64())
+            });
+        }
+        if !self.savepoints.is_empty() {
+            return Some(i64::MIN);
+        }
+        let pause = self.last_end_ms.map_or(i64::MIN, |end| {
+            end.saturating_add(self.settings.min_pause.as_millis_i64())
+        });
+        if self.requested {
+            return Some(pause);
+        }
+        let interval = self
+            .last_trigger_ms
+            .saturating_add(self.settings.interval.as_millis_i64());
+        Some(interval.max(pause))
+    }
+
     /// Times out the pending checkpoint, or triggers the next one when a
     /// savepoint is queued or the interval and the minimum pause have passed.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Action> {

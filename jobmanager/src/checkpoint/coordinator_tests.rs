@@ -395,6 +395,46 @@ fn min_pause_delays_the_next_trigger() {
     assert!(triggered(&c.tick(INTERVAL + 2 + 10_000)).is_some());
 }
 
+/// The driver sleeps until `next_due_ms`: a tick just before it does
+/// nothing, a tick at it acts (trigger, expiry, trigger after the pause).
+#[test]
+fn next_due_is_when_tick_next_acts() {
+    let mut s = settings(3, 0);
+    s.min_pause = HumanDuration::from_millis(3 * INTERVAL as u64);
+    let mut c = Coordinator::new(JobId::from("j"), s, topology(), None, 0);
+    c.on_ids_reserved(CheckpointId(10));
+    let due = c.next_due_ms().unwrap();
+    assert_eq!(due, INTERVAL);
+    assert!(c.tick(due - 1).is_empty());
+    let id = triggered(&c.tick(due)).unwrap();
+    assert_eq!(
+        c.next_due_ms(),
+        Some(due + TIMEOUT),
+        "the pending one's expiry"
+    );
+    assert!(c.tick(due + TIMEOUT - 1).is_empty());
+    let commit = ack_all(&mut c, id, due + 10);
+    assert!(matches!(commit.as_slice(), [Action::Commit(_)]));
+    assert_eq!(c.next_due_ms(), None, "waiting for Raft, not for time");
+    c.on_committed(id, due + 20);
+    let next = c.next_due_ms().unwrap();
+    assert_eq!(
+        next,
+        due + 20 + 3 * INTERVAL,
+        "the pause outlasts the interval"
+    );
+    assert!(c.tick(next - 1).is_empty());
+    let id = triggered(&c.tick(next)).unwrap();
+    ack_all(&mut c, id, next + 1);
+    c.on_committed(id, next + 2);
+    c.request_checkpoint(next + 3);
+    assert_eq!(
+        c.next_due_ms(),
+        Some(next + 2 + 3 * INTERVAL),
+        "a request skips the interval, not the pause"
+    );
+}
+
 #[test]
 fn retention_discards_the_oldest_beyond_retained() {
     let mut c = coordinator(2, 0);

@@ -58,6 +58,8 @@ struct JobCheckpoints {
     /// Since when every source has reported the end of its input: a
     /// checkpoint triggered from then on is the job's final one.
     sources_done_since_ms: Option<i64>,
+    /// Every subtask was RUNNING at the last step: the coordinator ticks.
+    ready: bool,
 }
 
 impl JobCheckpoints {
@@ -126,6 +128,7 @@ impl Service {
         }
         for r in running {
             if let Some(job) = self.jobs.get_mut(&r.record.id) {
+                job.ready = r.ready;
                 job.sources_done_since_ms = if r.sources_finished {
                     Some(job.sources_done_since_ms.unwrap_or(now))
                 } else {
@@ -173,6 +176,18 @@ impl Service {
                 .publish_stats(id, job.coordinator.stats());
         }
         failed
+    }
+
+    /// The earliest time a coordinator's tick has something to do (see
+    /// [`Coordinator::next_due_ms`]) of a job whose subtasks all run: the
+    /// driver steps then at the latest. (A job still deploying ticks again
+    /// when its subtasks report.)
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.jobs
+            .values()
+            .filter(|j| j.ready)
+            .filter_map(|j| j.coordinator.next_due_ms())
+            .min()
     }
 
     /// Creates or updates the coordinator of a running job with checkpoints.
@@ -227,6 +242,7 @@ impl Service {
                 triggered_ops: HashMap::new(),
                 notified_at_ms: now,
                 sources_done_since_ms: None,
+                ready: false,
             },
         );
         Some(Vec::new())
@@ -442,6 +458,7 @@ impl Service {
                 let max_parallelism = job.max_parallelism;
                 let tx = self.prepared_tx.clone();
                 let job_id = job_id.clone();
+                let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     let id = completed.id;
                     let result = prepare_commit(&storage, &job_id, max_parallelism, completed)
@@ -452,6 +469,9 @@ impl Service {
                         id,
                         result,
                     });
+                    // The next step commits it through Raft: now, not at the
+                    // next heartbeat tick.
+                    ctx.wake.notify_one();
                 });
                 Vec::new()
             }

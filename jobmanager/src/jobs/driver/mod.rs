@@ -84,16 +84,26 @@ impl Driver {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let tick = self.ctx.config.heartbeat_interval.0;
         loop {
+            let sleep = self.until_checkpoint_due().map_or(tick, |d| d.min(tick));
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = self.ctx.shared.changed.notified() => {}
                 _ = self.ctx.wake.notified() => {}
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
             self.step().await;
             tokio::time::sleep(MIN_STEP_GAP).await;
         }
         info!("job driver stopped");
+    }
+
+    /// How long until a checkpoint coordinator next has work of its own
+    /// (a trigger or an expiry), so a 10 s interval is not rounded up to
+    /// the next heartbeat tick.
+    fn until_checkpoint_due(&self) -> Option<Duration> {
+        let due = self.checkpoints.as_ref()?.next_due_ms()?;
+        let ms = due.saturating_sub(now_ms()).max(0);
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
     fn timeout(&self) -> Duration {

@@ -476,6 +476,19 @@ fn checked_vertex(
     }
 }
 
+/// The watermark alignment of a vertex's input: set by the window it starts
+/// with (see `runtime::gate`).
+fn max_drift_ms(spec: &JobSpec, vertex: &eddy_sdk::graph::Vertex) -> Option<i64> {
+    let first = spec.node(vertex.nodes.first()?)?;
+    match &first.kind {
+        eddy_sdk::spec::NodeKind::Window(w) => w
+            .watermark_alignment
+            .as_ref()
+            .map(|a| a.max_drift.as_millis_i64()),
+        _ => None,
+    }
+}
+
 /// The life of one subtask on its slot thread: build, connect, run, report.
 async fn run_subtask(
     node: Arc<Node>,
@@ -527,7 +540,8 @@ async fn run_subtask(
         tracing::info!("subtask running");
         Subtask {
             chain,
-            input: inputs.map(InputGate::new),
+            input: inputs
+                .map(|i| InputGate::new(i).with_max_drift(max_drift_ms(&job.spec, vertex))),
             outputs,
             metrics,
             checkpoints,

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub records_in: Family<SubtaskLabels, Counter>,
     pub records_out: Family<SubtaskLabels, Counter>,
     pub late_records_dropped: Family<SubtaskLabels, Counter>,
+    pub watermark_alignment_holds: Family<SubtaskLabels, Counter>,
     pub backpressured_ratio: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub latency_p50: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
     pub latency_p99: Family<SubtaskLabels, Gauge<f64, AtomicU64>>,
@@ -110,6 +111,11 @@ impl Metrics {
             "late_records_dropped",
             "Records a subtask's windows dropped as late (past their allowed lateness) or without an event time",
             m.late_records_dropped.clone(),
+        );
+        r.register(
+            "watermark_alignment_holds",
+            "Times a window's input stopped reading an upstream subtask whose watermark ran more than max_drift ahead of the slowest",
+            m.watermark_alignment_holds.clone(),
         );
         r.register(
             "backpressured_ratio",

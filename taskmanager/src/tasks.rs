@@ -58,6 +58,7 @@ struct Entry {
     exported_in: u64,
     exported_out: u64,
     exported_late: u64,
+    exported_holds: u64,
     /// Checkpoint commands for the running subtask (jobs with checkpoints).
     commands: Option<mpsc::UnboundedSender<Command>>,
     /// Whether the subtask runs a source (triggers go to sources only).
@@ -151,6 +152,7 @@ impl TaskTable {
             exported_in: 0,
             exported_out: 0,
             exported_late: 0,
+            exported_holds: 0,
             commands: None,
             source: false,
         };
@@ -308,6 +310,7 @@ impl TaskTable {
                 m.records_in.remove(&labels);
                 m.records_out.remove(&labels);
                 m.late_records_dropped.remove(&labels);
+                m.watermark_alignment_holds.remove(&labels);
                 m.backpressured_ratio.remove(&labels);
                 m.latency_p50.remove(&labels);
                 m.latency_p99.remove(&labels);
@@ -330,6 +333,13 @@ impl TaskTable {
                 .get_or_create(&labels)
                 .inc_by(late.saturating_sub(e.exported_late));
             e.exported_late = late;
+            let holds = e.metrics.alignment_holds.load(Relaxed);
+            if holds > 0 {
+                m.watermark_alignment_holds
+                    .get_or_create(&labels)
+                    .inc_by(holds.saturating_sub(e.exported_holds));
+                e.exported_holds = holds;
+            }
             m.backpressured_ratio
                 .get_or_create(&labels)
                 .set(f64::from(e.metrics.backpressured_ms_per_sec()) / 1000.0);

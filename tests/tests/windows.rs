@@ -16,17 +16,35 @@ const SIZE_MS: i64 = 2_000;
 const SLIDE_MS: i64 = 500;
 const BASE: &str = "2026-01-01T00:00:00Z";
 
-fn spec(out: &Path) -> String {
+/// How far ahead the second datagen subtask's event time runs in the skewed
+/// variant: it owns splits 64..128 of 128, so rows with `id % 128 >= 64`.
+const SKEW_MS: i64 = 30_000;
+
+/// The job; `skewed` puts the second source subtask [`SKEW_MS`] ahead and
+/// turns on the window's watermark alignment with a 1 s drift.
+fn spec(out: &Path, skewed: bool) -> String {
+    let (ts, alignment) = if skewed {
+        (
+            format!(
+                "CASE WHEN id % 128 >= 64 THEN ts + INTERVAL '{}' SECOND ELSE ts END AS ts",
+                SKEW_MS / 1000
+            ),
+            "watermark_alignment: {max_drift: 1s},",
+        )
+    } else {
+        ("ts".to_string(), "")
+    };
     format!(
         r#"
 name: hottest
 parallelism: 2
+max_parallelism: 128
 nodes:
   - {{id: gen, kind: datagen, count: {COUNT}, fields: [
       {{name: id, type: int64, gen: sequence}},
       {{name: ts, type: timestamp_ms, gen: timestamp, start: "{BASE}", step: 1ms}}]}}
-  - {{id: bids, kind: project, input: gen, exprs: ["(id * id + id / 7) % 11 AS auction", "ts"]}}
-  - {{id: counts, kind: window, input: bids, key_by: [auction],
+  - {{id: bids, kind: project, input: gen, exprs: ["(id * id + id / 7) % 11 AS auction", "{ts}"]}}
+  - {{id: counts, kind: window, input: bids, key_by: [auction], {alignment}
      event_time: {{column: ts, max_out_of_orderness: 100ms}},
      window: {{type: sliding, size: {SIZE_MS}ms, slide: {SLIDE_MS}ms}},
      aggregates: [{{fn: count, as: n}}]}}
@@ -48,12 +66,13 @@ fn ts_ms(v: &serde_json::Value) -> i64 {
 /// Per window start: the auctions with the most rows, and that count.
 type Winners = BTreeMap<i64, (BTreeSet<i64>, i64)>;
 
-fn reference() -> Winners {
+fn reference(skewed: bool) -> Winners {
     let base = ts_ms(&serde_json::json!(BASE));
     let mut counts: BTreeMap<i64, BTreeMap<i64, i64>> = BTreeMap::new();
     for id in 0..COUNT {
         let auction = (id * id + id / 7) % 11;
-        let ts = base + id;
+        let skew = if skewed && id % 128 >= 64 { SKEW_MS } else { 0 };
+        let ts = base + id + skew;
         let mut start = ts - ts.rem_euclid(SLIDE_MS);
         while start > ts - SIZE_MS {
             *counts.entry(start).or_default().entry(auction).or_default() += 1;
@@ -102,16 +121,56 @@ fn read_output(dir: &Path) -> Winners {
 async fn sliding_count_then_top_n_on_two_taskmanagers_matches_reference() -> anyhow::Result<()> {
     eddy_tests::init_logging();
     let cluster = Cluster::builder().taskmanagers(2).slots(1).start().await?;
+    run_and_compare(&cluster, false).await
+}
+
+/// With one source subtask 30 s of event time ahead of the other and the
+/// window's `watermark_alignment: {max_drift: 1s}`, the window holds the
+/// fast subtask back (its hold counter on `/metrics` moves), the job still
+/// FINISHES (the slow input is always read, so nothing deadlocks) and the
+/// results equal the reference: holding changes when rows arrive, not
+/// which windows they count in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_alignment_holds_the_fast_source_and_keeps_results() -> anyhow::Result<()> {
+    eddy_tests::init_logging();
+    let cluster = Cluster::builder().taskmanagers(2).slots(1).start().await?;
+    run_and_compare(&cluster, true).await?;
+    info!("--- the windows counted their holds");
+    let urls: Vec<String> = cluster
+        .tms
+        .iter()
+        .map(|tm| format!("http://{}/metrics", tm.ready_str("metrics_addr")))
+        .collect();
+    // The counters reach `/metrics` at the TaskManagers' next sample.
+    cluster
+        .wait_until(LONG, "a watermark alignment hold on /metrics", || {
+            let urls = urls.clone();
+            async move {
+                let mut holds = 0.0;
+                for url in &urls {
+                    holds += eddy_tests::ha::metric(
+                        url,
+                        "eddy_taskmanager_watermark_alignment_holds_total",
+                    )
+                    .await?;
+                }
+                Ok(holds >= 1.0)
+            }
+        })
+        .await
+}
+
+async fn run_and_compare(cluster: &Cluster, skewed: bool) -> anyhow::Result<()> {
     let out = cluster.dir().join("hottest-out");
-    info!("--- submit the sliding count -> top_n job");
-    let job = cluster.client().submit(&spec(&out)).await?;
+    info!(skewed, "--- submit the sliding count -> top_n job");
+    let job = cluster.client().submit(&spec(&out, skewed)).await?;
     let detail = cluster
         .wait_for_job_state(&job.job_id, JobState::Finished, LONG)
         .await?;
     assert_eq!(detail.vertices.len(), 3, "source, window, top_n + sink");
 
     info!("--- compare every window's winners with the reference");
-    let want = reference();
+    let want = reference(skewed);
     let got = read_output(&out);
     assert!(
         want.values().any(|(w, _)| w.len() > 1),

@@ -244,6 +244,21 @@ pub struct WindowSpec {
     /// default): a window is dropped when it fires.
     #[serde(default, skip_serializing_if = "HumanDuration::is_zero")]
     pub allowed_lateness: HumanDuration,
+    /// Bounds how far in event time one upstream subtask may run ahead of
+    /// the slowest: the window stops reading it (so it backpressures) until
+    /// the slowest catches up. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_alignment: Option<WatermarkAlignmentSpec>,
+}
+
+/// A window's watermark alignment (Flink's `withWatermarkAlignment`, done
+/// at the window's input instead of at the sources).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkAlignmentSpec {
+    /// The largest lead, in event time, of one upstream subtask's watermark
+    /// over the slowest one's before the window stops reading it.
+    pub max_drift: HumanDuration,
 }
 
 /// Event time of a window: a timestamp column and bounded out-of-orderness watermarks.

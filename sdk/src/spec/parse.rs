@@ -45,8 +45,10 @@ pub fn parse_json(text: &str) -> Result<JobSpec, ApiError> {
     from_value(value)
 }
 
-/// The window field checked before decoding (see [`check_duration_field`]).
+/// Window fields checked before decoding (see [`check_duration_field`]).
 const ALLOWED_LATENESS: &str = "allowed_lateness";
+/// The window field whose `max_drift` is checked before decoding.
+const WATERMARK_ALIGNMENT: &str = "watermark_alignment";
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidSpec, msg)
@@ -206,10 +208,16 @@ fn parse_node(position: usize, value: Value) -> Result<NodeSpec, ApiError> {
         .with_node(&id)
         .with_field("kind"));
     }
-    if kind_name == "window"
-        && let Some(v) = obj.get(ALLOWED_LATENESS)
-    {
-        check_duration_field(&id, ALLOWED_LATENESS, v)?;
+    if kind_name == "window" {
+        if let Some(v) = obj.get(ALLOWED_LATENESS) {
+            check_duration_field(&id, ALLOWED_LATENESS, v)?;
+        }
+        if let Some(v) = obj
+            .get(WATERMARK_ALIGNMENT)
+            .and_then(|a| a.get("max_drift"))
+        {
+            check_duration_field(&id, WATERMARK_ALIGNMENT, v)?;
+        }
     }
     if kind_name == "kafka" {
         let kind = kafka_kind(&id, input.is_some(), obj)?;
@@ -377,6 +385,32 @@ mod tests {
                 (Some("w"), Some("allowed_lateness")),
                 "{value}"
             );
+            assert!(err.message.contains(says), "{value}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn parse_watermark_alignment_roundtrips_and_bad_drift_names_the_field() {
+        let spec = parse_yaml_or_json(&format!(
+            "{LATE_WINDOW}, watermark_alignment: {{max_drift: 20s}}}}\n"
+        ))
+        .unwrap();
+        let NodeKind::Window(w) = &spec.nodes[0].kind else {
+            panic!("a window node")
+        };
+        let drift = w.watermark_alignment.as_ref().unwrap().max_drift;
+        assert_eq!(drift.as_millis_i64(), 20_000);
+        assert_eq!(parse_json(&spec.to_json()).unwrap(), spec);
+        for (value, says) in [
+            ("{max_drift: '-1s'}", "negative"),
+            ("{max_drift: soon}", "soon"),
+            ("{max_drift: 1s, group: a}", "group"),
+        ] {
+            let err =
+                parse_yaml_or_json(&format!("{LATE_WINDOW}, watermark_alignment: {value}}}\n"))
+                    .unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidSpec, "{value}");
+            assert_eq!(err.node.as_deref(), Some("w"), "{value}");
             assert!(err.message.contains(says), "{value}: {}", err.message);
         }
     }

@@ -346,6 +346,7 @@ fn top_n_after_sliding_window_count_matches_reference() {
             alias: "n".into(),
         }],
         allowed_lateness: HumanDuration::default(),
+        watermark_alignment: None,
     };
     let counts = window::build(&NodeId::from("counts"), &window_spec, &bid_schema, &ctx()).unwrap();
     let count_schema =

@@ -14,6 +14,17 @@
 //! A newer barrier abandons the alignment of an older one (that checkpoint
 //! was given up); a barrier not newer than the last one seen, other than the
 //! one being aligned, is dropped (its checkpoint is over at this gate).
+//!
+//! Watermark alignment (opt-in, a window's `watermark_alignment`): a channel
+//! whose watermark is more than `max_drift` ahead of the slowest channel's is
+//! not read until the slowest catches up, so a fast producer backpressures
+//! instead of filling the window with state the slow one's watermark cannot
+//! close yet (Flink's FLIP-182, done at the consumer: no coordinator round
+//! trip, and the bound holds between any producers of one input). The
+//! slowest channel is always read, so alignment never stalls a gate whose
+//! producers make progress. Channels that ended or have sent no watermark
+//! yet do not hold others back, and a barrier alignment suspends it: every
+//! channel must be read up to the barrier.
 
 use super::Error;
 use crate::exchange::ChannelItem;
@@ -109,6 +120,12 @@ pub struct InputGate {
     next_start: usize,
     /// How long the last completed alignment took.
     last_alignment: Duration,
+    /// Watermark alignment's bound, in ms of event time (`None`: off).
+    max_drift_ms: Option<i64>,
+    /// Channels not read at the last poll because they ran ahead.
+    held: Vec<bool>,
+    /// How many times a channel started being held back.
+    holds: u64,
 }
 
 impl InputGate {
@@ -124,7 +141,40 @@ impl InputGate {
             newest: None,
             next_start: 0,
             last_alignment: Duration::ZERO,
+            max_drift_ms: None,
+            held: Vec::new(),
+            holds: 0,
         }
+    }
+
+    /// Turns on watermark alignment (see the module doc): no channel is read
+    /// while its watermark is more than `max_drift_ms` ahead of the slowest.
+    pub fn with_max_drift(mut self, max_drift_ms: Option<i64>) -> Self {
+        self.max_drift_ms = max_drift_ms.map(|d| d.max(0));
+        self.held = vec![false; self.channels.len()];
+        self
+    }
+
+    /// How many times watermark alignment started holding a channel back.
+    pub fn alignment_holds(&self) -> u64 {
+        self.holds
+    }
+
+    /// The highest watermark a channel may have and still be read: the
+    /// slowest channel's plus the drift (`None`: nothing is held back).
+    fn drift_limit(&self) -> Option<i64> {
+        let drift = self.max_drift_ms?;
+        if self.aligning.is_some() {
+            return None;
+        }
+        self.state
+            .watermarks
+            .iter()
+            .zip(&self.state.ended)
+            .filter(|&(&wm, &ended)| !ended && wm > i64::MIN)
+            .map(|(&wm, _)| wm)
+            .min()
+            .map(|slowest| slowest.saturating_add(drift))
     }
 
     /// How long the last barrier waited for all channels.
@@ -135,11 +185,22 @@ impl InputGate {
     /// Polls the channels that are neither ended nor blocked by an alignment.
     fn poll_channels(&mut self, cx: &mut Context<'_>) -> Poll<(usize, Option<ChannelItem>)> {
         let n = self.channels.len();
+        let limit = self.drift_limit();
         for k in 0..n {
             let ch = (self.next_start + k) % n;
             let blocked = self.aligning.as_ref().is_some_and(|a| a.blocked[ch]);
             if blocked || self.state.is_ended(ch) {
                 continue;
+            }
+            if let Some(held) = self.held.get_mut(ch) {
+                let ahead = limit.is_some_and(|l| self.state.watermarks[ch] > l);
+                if ahead && !*held {
+                    self.holds += 1;
+                }
+                *held = ahead;
+                if ahead {
+                    continue;
+                }
             }
             if let Poll::Ready(item) = self.channels[ch].poll_recv(cx) {
                 self.next_start = (ch + 1) % n;
@@ -240,184 +301,5 @@ impl InputGate {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exchange::ChannelFailure;
-
-    #[test]
-    fn gate_state_emits_min_only_when_it_advances() {
-        let mut g = GateState::new(2);
-        assert_eq!(
-            g.on_watermark(0, 10),
-            None,
-            "channel 1 has no watermark yet"
-        );
-        assert_eq!(g.on_watermark(1, 5), Some(5));
-        assert_eq!(g.on_watermark(1, 7), Some(7));
-        assert_eq!(
-            g.on_watermark(1, 6),
-            None,
-            "a stale watermark changes nothing"
-        );
-        assert_eq!(g.on_watermark(1, 20), Some(10));
-        assert_eq!(g.on_watermark(0, 10), None);
-    }
-
-    #[test]
-    fn gate_state_ended_channel_counts_as_infinity() {
-        let mut g = GateState::new(2);
-        g.on_watermark(0, 3);
-        assert_eq!(g.on_watermark(1, 8), Some(3));
-        assert_eq!(g.on_end(0), (Some(8), false));
-        assert_eq!(g.on_end(1), (Some(i64::MAX), true));
-    }
-
-    #[tokio::test]
-    async fn input_gate_merges_watermarks_and_ends_after_all_channels() {
-        let (tx0, rx0) = mpsc::channel(8);
-        let (tx1, rx1) = mpsc::channel(8);
-        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
-        tx0.send(Ok(Element::Watermark(100))).await.unwrap();
-        tx1.send(Ok(Element::Watermark(50))).await.unwrap();
-        assert!(matches!(gate.next().await.unwrap(), Element::Watermark(50)));
-        tx0.send(Ok(Element::Watermark(i64::MAX))).await.unwrap();
-        tx0.send(Ok(Element::EndOfStream)).await.unwrap();
-        tx1.send(Ok(Element::Watermark(60))).await.unwrap();
-        // Whichever channel the gate reads first, the minimum becomes 60.
-        assert!(matches!(gate.next().await.unwrap(), Element::Watermark(60)));
-        tx1.send(Ok(Element::EndOfStream)).await.unwrap();
-        assert!(matches!(
-            gate.next().await.unwrap(),
-            Element::Watermark(i64::MAX)
-        ));
-        assert!(matches!(gate.next().await.unwrap(), Element::EndOfStream));
-    }
-
-    #[tokio::test]
-    async fn input_gate_channel_closed_without_end_fails() {
-        let (tx, rx) = mpsc::channel(1);
-        let mut gate = InputGate::new(vec![("up[0]".into(), rx)]);
-        drop(tx);
-        let err = gate.next().await.unwrap_err();
-        assert!(err.to_string().contains("up[0]"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn input_gate_channel_failure_fails_with_reason() {
-        let (tx, rx) = mpsc::channel(1);
-        let mut gate = InputGate::new(vec![("up[0]".into(), rx)]);
-        tx.send(Err(ChannelFailure("undecodable Arrow IPC frame".into())))
-            .await
-            .unwrap();
-        let err = gate.next().await.unwrap_err();
-        assert!(
-            eddy_sdk::error::error_chain(&err)
-                .join(": ")
-                .contains("undecodable"),
-            "{err}"
-        );
-    }
-
-    fn barrier(n: u64) -> Element {
-        Element::Barrier(Barrier {
-            checkpoint: eddy_sdk::ids::CheckpointId(n),
-            timestamp_ms: 0,
-            kind: eddy_sdk::operator::BarrierKind::Checkpoint,
-        })
-    }
-
-    fn batch(v: i64) -> Element {
-        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
-        ]));
-        Element::Batch(
-            arrow::record_batch::RecordBatch::try_new(
-                schema,
-                vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![v]))],
-            )
-            .unwrap(),
-        )
-    }
-
-    fn value(e: &Element) -> Option<i64> {
-        match e {
-            Element::Batch(b) => Some(
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .unwrap()
-                    .value(0),
-            ),
-            _ => None,
-        }
-    }
-
-    /// Rows behind a barrier on one channel wait until the barrier arrived on
-    /// every channel; then the barrier is emitted once, before them.
-    #[tokio::test]
-    async fn input_gate_aligns_barriers_and_holds_back_rows_behind_them() {
-        let (tx0, rx0) = mpsc::channel(8);
-        let (tx1, rx1) = mpsc::channel(8);
-        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
-        tx0.send(Ok(batch(1))).await.unwrap();
-        tx0.send(Ok(barrier(7))).await.unwrap();
-        tx0.send(Ok(batch(100))).await.unwrap();
-        tx1.send(Ok(batch(2))).await.unwrap();
-        let mut before = Vec::new();
-        for _ in 0..2 {
-            before.push(value(&gate.next().await.unwrap()).unwrap());
-        }
-        before.sort_unstable();
-        assert_eq!(before, [1, 2], "only rows before the barrier pass");
-        // Channel a is blocked: its row 100 must not come out yet.
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), gate.next()).await;
-        assert!(pending.is_err(), "a blocked channel was read: {pending:?}");
-        tx1.send(Ok(barrier(7))).await.unwrap();
-        assert!(matches!(gate.next().await.unwrap(), Element::Barrier(b) if b.checkpoint.0 == 7));
-        assert_eq!(value(&gate.next().await.unwrap()), Some(100));
-    }
-
-    /// A channel that ends during an alignment no longer holds it up.
-    #[tokio::test]
-    async fn input_gate_ended_channel_completes_an_alignment() {
-        let (tx0, rx0) = mpsc::channel(8);
-        let (tx1, rx1) = mpsc::channel(8);
-        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
-        tx0.send(Ok(barrier(3))).await.unwrap();
-        tx1.send(Ok(Element::Watermark(i64::MAX))).await.unwrap();
-        tx1.send(Ok(Element::EndOfStream)).await.unwrap();
-        let mut seen = Vec::new();
-        loop {
-            match gate.next().await.unwrap() {
-                Element::Barrier(b) => {
-                    seen.push(b.checkpoint.0);
-                    break;
-                }
-                _ => continue,
-            }
-        }
-        assert_eq!(seen, [3]);
-    }
-
-    /// A newer barrier abandons the alignment of an older one (given up
-    /// upstream); a late barrier of the abandoned checkpoint is dropped.
-    #[tokio::test]
-    async fn input_gate_newer_barrier_abandons_older_alignment() {
-        let (tx0, rx0) = mpsc::channel(8);
-        let (tx1, rx1) = mpsc::channel(8);
-        let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
-        tx0.send(Ok(barrier(1))).await.unwrap();
-        tx1.send(Ok(barrier(2))).await.unwrap();
-        tx0.send(Ok(barrier(2))).await.unwrap();
-        tx1.send(Ok(barrier(1))).await.unwrap();
-        tx1.send(Ok(batch(5))).await.unwrap();
-        let mut out = Vec::new();
-        for _ in 0..2 {
-            match gate.next().await.unwrap() {
-                Element::Barrier(b) => out.push(format!("b{}", b.checkpoint.0)),
-                e => out.push(format!("v{}", value(&e).unwrap())),
-            }
-        }
-        assert_eq!(out, ["b2", "v5"]);
-    }
-}
+#[path = "gate_tests.rs"]
+mod tests;

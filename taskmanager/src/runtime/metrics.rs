@@ -17,6 +17,8 @@ pub struct SubtaskMetrics {
     /// The last watermark the chain emitted (`i64::MIN` before the first).
     pub watermark: AtomicI64,
     pub late_records_dropped: AtomicU64,
+    /// Times watermark alignment started holding an input channel back.
+    pub alignment_holds: AtomicU64,
     /// A Kafka source's lag (`u64::MAX`: none reported).
     pub source_lag_records: AtomicU64,
     pub source_lag_ms: AtomicU64,
@@ -43,6 +45,7 @@ impl Default for SubtaskMetrics {
             bytes_out: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             late_records_dropped: AtomicU64::new(0),
+            alignment_holds: AtomicU64::new(0),
             source_lag_records: AtomicU64::new(u64::MAX),
             source_lag_ms: AtomicU64::new(u64::MAX),
             latency: eddy_sdk::latency::Histogram::default(),

@@ -272,6 +272,9 @@ impl Driver {
             // Waiting for input is neither busy nor backpressured.
             let started = Instant::now();
             let backpressured = self.metrics.backpressured_total();
+            self.metrics
+                .alignment_holds
+                .store(gate.alignment_holds(), Relaxed);
             match element {
                 Element::Batch(b) => {
                     self.metrics
@@ -283,6 +286,7 @@ impl Driver {
                     self.checkpoint(barrier, None, gate.last_alignment())
                         .await?;
                 }
+
                 Element::EndOfStream => {
                     let flush = self.cp.as_ref().is_none_or(|c| c.stopping.is_none());
                     self.account_busy(started, backpressured);

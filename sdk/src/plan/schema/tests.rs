@@ -248,6 +248,23 @@ fn infer_window_size_and_slide_checks() {
 }
 
 #[test]
+fn infer_window_watermark_alignment_needs_a_positive_drift() {
+    let w = |alignment: &str| {
+        window_with(&format!(
+            "{KEY_TIME}, {TUMBLE}, aggregates: [], watermark_alignment: {alignment}"
+        ))
+    };
+    expect_invalid(
+        &w("{max_drift: 0s}"),
+        "per_user",
+        "watermark_alignment",
+        &["max_drift", "positive"],
+    );
+    let ok = parse_yaml_or_json(&w("{max_drift: 10s}")).unwrap();
+    assert!(infer_schemas(&ok).is_ok());
+}
+
+#[test]
 fn infer_window_aggregate_checks() {
     let a = |aggs: &str| window_with(&format!("{KEY_TIME}, {TUMBLE}, aggregates: [{aggs}]"));
     expect_invalid(

@@ -118,6 +118,15 @@ pub fn window_layout(
         ));
     }
 
+    if let Some(a) = &spec.watermark_alignment
+        && a.max_drift.is_zero()
+    {
+        return Err(invalid(
+            "watermark_alignment",
+            "watermark_alignment.max_drift must be positive: at 0 a window reads only its slowest input".into(),
+        ));
+    }
+
     let columns = Columns { node, input };
     let mut out_fields = Vec::with_capacity(spec.key_by.len() + 2 + spec.aggregates.len());
     let mut names = HashSet::new();

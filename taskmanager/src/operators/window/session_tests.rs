@@ -73,6 +73,7 @@ fn spec(key_by: &[&str], gap_ms: u64, bound_ms: u64) -> WindowSpec {
             agg(AggregateFn::Avg, Some("amount"), "mean"),
         ],
         allowed_lateness: HumanDuration::default(),
+        watermark_alignment: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn spec(key_by: &[&str], window: WindowKind, bound_ms: u64) -> WindowSpec {
             agg(AggregateFn::Count, Some("amount"), "priced"),
         ],
         allowed_lateness: HumanDuration::default(),
+        watermark_alignment: None,
     }
 }
 

@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// live stream.
     #[arg(long)]
     event_time_rate: Option<f64>,
+    /// Watermark alignment of the windows in the throughput runs (e.g.
+    /// `10s` of event time): an upstream subtask this far ahead of the
+    /// slowest is not read until it catches up. Off by default.
+    #[arg(long)]
+    max_drift: Option<String>,
 }
 
 /// The quick mode's settings.
@@ -114,6 +119,15 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .is_some_and(|r| !(r.is_finite() && r > 0.0))
     {
         bail!("--event-time-rate must be a positive number of events per second");
+    }
+    let max_drift = args
+        .max_drift
+        .as_deref()
+        .map(str::parse::<crate::spec::HumanDuration>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--max-drift: {e}"))?;
+    if max_drift.is_some_and(|d| d.is_zero()) {
+        bail!("--max-drift must be positive");
     }
     let queries = queries::select(&args.queries)?;
     let checkpoint = match &args.checkpoint_interval {
@@ -159,7 +173,15 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         opts.data_dir.display()
     );
     let mut cluster = LocalCluster::start(&opts).await?;
-    let result = run_suite(&args, &queries, checkpoint.as_ref(), &out, &mut cluster).await;
+    let result = run_suite(
+        &args,
+        &queries,
+        checkpoint.as_ref(),
+        max_drift,
+        &out,
+        &mut cluster,
+    )
+    .await;
     cluster.stop().await;
     let report = result?;
     let json = out.join("results.json");
@@ -176,6 +198,7 @@ async fn run_suite(
     args: &BenchArgs,
     queries: &[&'static Query],
     checkpoint: Option<&crate::spec::CheckpointSpec>,
+    max_drift: Option<crate::spec::HumanDuration>,
     out: &Path,
     cluster: &mut LocalCluster,
 ) -> anyhow::Result<Report> {
@@ -210,6 +233,7 @@ async fn run_suite(
                 },
                 output: output.as_deref(),
                 checkpoint,
+                max_drift,
             };
             let r = throughput(cluster, q, &run, &label).await?;
             report.runs.push(r);
@@ -251,6 +275,12 @@ async fn throughput(
     let (detail, progress) = run_job(cluster, &spec, label, run.events).await?;
     let cpu_after: f64 = pids.iter().filter_map(|&p| procstat::cpu_seconds(p)).sum();
     let seconds = job_seconds(&detail)?;
+    let checkpoints = match run.checkpoint {
+        Some(_) => Some(checkpoint_figures(
+            &cluster.client().checkpoints(&detail.id).await?,
+        )),
+        None => None,
+    };
     let events = run.events as f64;
     let subtasks = || detail.vertices.iter().flat_map(|v| &v.subtasks);
     let source_rows = detail.vertices.first().map_or(0, |v| v.records_in);
@@ -276,9 +306,21 @@ async fn throughput(
             .collect(),
         bytes_between_taskmanagers: subtasks().map(|s| s.metrics.bytes_out).sum(),
         late_records_dropped: subtasks().map(|s| s.metrics.late_records_dropped).sum(),
+        checkpoints,
         output_dir: run.output.map(|d| d.display().to_string()),
         spec: serde_json::to_value(&spec)?,
     })
+}
+
+fn checkpoint_figures(stats: &crate::rest::CheckpointStats) -> report::CheckpointFigures {
+    report::CheckpointFigures {
+        completed: stats.counts.completed,
+        failed: stats.counts.failed,
+        avg_state_bytes: stats.summary.state_size_bytes.avg,
+        max_state_bytes: stats.summary.state_size_bytes.max,
+        avg_duration_ms: stats.summary.end_to_end_duration_ms.avg,
+        max_duration_ms: stats.summary.end_to_end_duration_ms.max,
+    }
 }
 
 async fn latency(
@@ -295,6 +337,7 @@ async fn latency(
         event_time_rate: None,
         output: None,
         checkpoint: None,
+        max_drift: None,
     };
     let spec = query.spec(&run)?;
     let (detail, _) = run_job(cluster, &spec, label, events).await?;

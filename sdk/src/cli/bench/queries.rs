@@ -2,7 +2,10 @@
 //! compiled in, and how one run adapts a spec (parallelism, event count,
 //! pacing, sink).
 
-use crate::spec::{FileFormat, FileSinkSpec, JobSpec, NodeKind, parse_yaml_or_json};
+use crate::spec::{
+    FileFormat, FileSinkSpec, HumanDuration, JobSpec, NodeKind, WatermarkAlignmentSpec,
+    parse_yaml_or_json,
+};
 use anyhow::{Context, bail};
 use std::path::Path;
 
@@ -67,6 +70,8 @@ pub struct Run<'a> {
     pub output: Option<&'a Path>,
     /// Take checkpoints with these settings.
     pub checkpoint: Option<&'a crate::spec::CheckpointSpec>,
+    /// Watermark alignment for every window.
+    pub max_drift: Option<HumanDuration>,
 }
 
 impl Query {
@@ -77,6 +82,9 @@ impl Query {
         spec.checkpoint = run.checkpoint.cloned();
         let mut sources = 0;
         for node in &mut spec.nodes {
+            if let (NodeKind::Window(w), Some(max_drift)) = (&mut node.kind, run.max_drift) {
+                w.watermark_alignment = Some(WatermarkAlignmentSpec { max_drift });
+            }
             if let NodeKind::Nexmark(source) = &mut node.kind {
                 source.count = Some(run.events);
                 source.rows_per_second = run.rate;
@@ -120,6 +128,7 @@ mod tests {
                     event_time_rate: None,
                     output: Some(out),
                     checkpoint: None,
+                    max_drift: Some(HumanDuration::from_millis(5_000)),
                 })
                 .unwrap();
             assert_eq!(spec.parallelism, 2);
@@ -131,6 +140,18 @@ mod tests {
                 (Some(1000), Some(5.0))
             );
             assert!(matches!(spec.nodes.last().unwrap().kind, NodeKind::File(_)));
+            for node in &spec.nodes {
+                if let NodeKind::Window(w) = &node.kind {
+                    assert_eq!(
+                        w.watermark_alignment
+                            .as_ref()
+                            .map(|a| a.max_drift.as_millis_i64()),
+                        Some(5_000),
+                        "{}",
+                        q.name
+                    );
+                }
+            }
         }
     }
 

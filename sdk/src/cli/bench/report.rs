@@ -53,10 +53,27 @@ pub struct ThroughputRun {
     /// Records windows dropped as late (0 expected: the generator's event
     /// time is monotone per subtask).
     pub late_records_dropped: u64,
+    /// The checkpoints the run completed (`--checkpoint-interval`), as the
+    /// JobManager counted them; the last one is the job's final checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointFigures>,
     /// Where the results were written (`--write-output`), else discarded.
     pub output_dir: Option<String>,
     /// The spec as submitted.
     pub spec: serde_json::Value,
+}
+
+/// A run's checkpoints, from `GET /v1/jobs/{id}/checkpoints`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointFigures {
+    pub completed: u64,
+    pub failed: u64,
+    /// State size over all subtasks: average and largest checkpoint.
+    pub avg_state_bytes: u64,
+    pub max_state_bytes: u64,
+    /// Trigger to completion: average and longest.
+    pub avg_duration_ms: u64,
+    pub max_duration_ms: u64,
 }
 
 /// One query paced at a fixed rate below capacity: latency-marker ages at the sink.
@@ -135,6 +152,31 @@ impl Report {
                 latency,
             );
         }
+        let checkpointed: Vec<&ThroughputRun> = self
+            .runs
+            .iter()
+            .filter(|r| r.checkpoints.is_some())
+            .collect();
+        if !checkpointed.is_empty() {
+            s.push_str("\n| query | p | checkpoints completed / failed | state avg / max (MiB) | duration avg / max (ms) |\n");
+            s.push_str("|---|---|---|---|---|\n");
+            for r in checkpointed {
+                if let Some(c) = &r.checkpoints {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} / {} | {} / {} | {} / {} |",
+                        r.query,
+                        r.parallelism,
+                        c.completed,
+                        c.failed,
+                        mib(c.avg_state_bytes),
+                        mib(c.max_state_bytes),
+                        c.avg_duration_ms,
+                        c.max_duration_ms,
+                    );
+                }
+            }
+        }
         if let Some(l) = self.latency.first() {
             let _ = writeln!(
                 s,
@@ -197,6 +239,14 @@ mod tests {
             peak_rss_bytes: vec![64 << 20, 32 << 20],
             bytes_between_taskmanagers: 0,
             late_records_dropped: 0,
+            checkpoints: (p == 2).then_some(CheckpointFigures {
+                completed: 4,
+                failed: 0,
+                avg_state_bytes: 3 << 20,
+                max_state_bytes: 5 << 20,
+                avg_duration_ms: 120,
+                max_duration_ms: 300,
+            }),
             output_dir: None,
             spec: serde_json::Value::Null,
         };
@@ -218,7 +268,8 @@ mod tests {
         };
         let md = report.markdown();
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| q0")).collect();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3, "two runs and one checkpointed run");
+        assert_eq!(rows[2], "| q0 | 2 | 4 / 0 | 3 / 5 | 120 / 300 |");
         assert!(rows[0].ends_with("| – |"), "{}", rows[0]);
         assert!(rows[1].contains("| 1.2 / 7.5 |"), "{}", rows[1]);
         assert!(rows[0].contains("| 64 / 32 |"), "{}", rows[0]);

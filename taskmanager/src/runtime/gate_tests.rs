@@ -1,6 +1,16 @@
 use super::*;
 use crate::exchange::ChannelFailure;
 
+type Sender = mpsc::Sender<ChannelItem>;
+
+/// A gate over channels `a` and `b`, with watermark alignment at `max_drift`.
+fn two_channels(max_drift: Option<i64>) -> (Sender, Sender, InputGate) {
+    let (tx0, rx0) = mpsc::channel(8);
+    let (tx1, rx1) = mpsc::channel(8);
+    let gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]).with_max_drift(max_drift);
+    (tx0, tx1, gate)
+}
+
 #[test]
 fn gate_state_emits_min_only_when_it_advances() {
     let mut g = GateState::new(2);
@@ -31,9 +41,7 @@ fn gate_state_ended_channel_counts_as_infinity() {
 
 #[tokio::test]
 async fn input_gate_merges_watermarks_and_ends_after_all_channels() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+    let (tx0, tx1, mut gate) = two_channels(None);
     tx0.send(Ok(Element::Watermark(100))).await.unwrap();
     tx1.send(Ok(Element::Watermark(50))).await.unwrap();
     assert!(matches!(gate.next().await.unwrap(), Element::Watermark(50)));
@@ -113,9 +121,7 @@ fn value(e: &Element) -> Option<i64> {
 /// every channel; then the barrier is emitted once, before them.
 #[tokio::test]
 async fn input_gate_aligns_barriers_and_holds_back_rows_behind_them() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+    let (tx0, tx1, mut gate) = two_channels(None);
     tx0.send(Ok(batch(1))).await.unwrap();
     tx0.send(Ok(barrier(7))).await.unwrap();
     tx0.send(Ok(batch(100))).await.unwrap();
@@ -137,9 +143,7 @@ async fn input_gate_aligns_barriers_and_holds_back_rows_behind_them() {
 /// A channel that ends during an alignment no longer holds it up.
 #[tokio::test]
 async fn input_gate_ended_channel_completes_an_alignment() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+    let (tx0, tx1, mut gate) = two_channels(None);
     tx0.send(Ok(barrier(3))).await.unwrap();
     tx1.send(Ok(Element::Watermark(i64::MAX))).await.unwrap();
     tx1.send(Ok(Element::EndOfStream)).await.unwrap();
@@ -160,9 +164,7 @@ async fn input_gate_ended_channel_completes_an_alignment() {
 /// upstream); a late barrier of the abandoned checkpoint is dropped.
 #[tokio::test]
 async fn input_gate_newer_barrier_abandons_older_alignment() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate = InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]);
+    let (tx0, tx1, mut gate) = two_channels(None);
     tx0.send(Ok(barrier(1))).await.unwrap();
     tx1.send(Ok(barrier(2))).await.unwrap();
     tx0.send(Ok(barrier(2))).await.unwrap();
@@ -185,38 +187,33 @@ fn ready(gate: &mut InputGate) -> Option<Element> {
     gate.next().now_or_never().map(|r| r.unwrap())
 }
 
+/// Every element ready now, as `w<watermark>`, `b<checkpoint>` or `v<value>`.
+fn drain(gate: &mut InputGate) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(e) = ready(gate) {
+        out.push(match e {
+            Element::Watermark(wm) => format!("w{wm}"),
+            Element::Barrier(b) => format!("b{}", b.checkpoint.0),
+            e => format!("v{}", value(&e).unwrap()),
+        });
+    }
+    out
+}
+
 /// A channel more than the drift ahead of the slowest is not read until
 /// the slowest catches up; its rows then come out in order.
 #[tokio::test]
 async fn watermark_alignment_holds_a_channel_ahead_of_the_slowest() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate =
-        InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]).with_max_drift(Some(100));
+    let (tx0, tx1, mut gate) = two_channels(Some(100));
     tx1.send(Ok(Element::Watermark(10))).await.unwrap();
     tx0.send(Ok(Element::Watermark(500))).await.unwrap();
     tx0.send(Ok(batch(1))).await.unwrap();
-    // Read both watermarks: the gate's watermark becomes 10.
-    let mut wms = Vec::new();
-    while let Some(e) = ready(&mut gate) {
-        match e {
-            Element::Watermark(wm) => wms.push(wm),
-            Element::Batch(_) => panic!("a row of the channel ahead was read"),
-            e => panic!("unexpected {e:?}"),
-        }
-    }
-    assert_eq!(wms, [10]);
+    // Both watermarks are read (the gate's becomes 10), a's row is not.
+    assert_eq!(drain(&mut gate), ["w10"]);
     assert_eq!(gate.alignment_holds(), 1);
     // b moves to 400: a (500) is within 100 of it and is read again.
     tx1.send(Ok(Element::Watermark(400))).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(e) = ready(&mut gate) {
-        out.push(match e {
-            Element::Watermark(wm) => format!("w{wm}"),
-            e => format!("v{}", value(&e).unwrap()),
-        });
-    }
-    assert_eq!(out, ["w400", "v1"]);
+    assert_eq!(drain(&mut gate), ["w400", "v1"]);
     assert_eq!(gate.alignment_holds(), 1, "one hold, released once");
 }
 
@@ -224,23 +221,13 @@ async fn watermark_alignment_holds_a_channel_ahead_of_the_slowest() {
 /// channel ahead is read up to its barrier.
 #[tokio::test]
 async fn watermark_alignment_yields_to_a_barrier_alignment() {
-    let (tx0, rx0) = mpsc::channel(8);
-    let (tx1, rx1) = mpsc::channel(8);
-    let mut gate =
-        InputGate::new(vec![("a".into(), rx0), ("b".into(), rx1)]).with_max_drift(Some(100));
+    let (tx0, tx1, mut gate) = two_channels(Some(100));
     tx1.send(Ok(Element::Watermark(0))).await.unwrap();
     tx1.send(Ok(barrier(4))).await.unwrap();
     tx0.send(Ok(Element::Watermark(1_000))).await.unwrap();
     tx0.send(Ok(batch(7))).await.unwrap();
     tx0.send(Ok(barrier(4))).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(e) = ready(&mut gate) {
-        out.push(match e {
-            Element::Watermark(wm) => format!("w{wm}"),
-            Element::Barrier(b) => format!("b{}", b.checkpoint.0),
-            e => format!("v{}", value(&e).unwrap()),
-        });
-    }
+    let out = drain(&mut gate);
     assert_eq!(out.last().map(String::as_str), Some("b4"), "{out:?}");
     assert!(out.contains(&"v7".to_string()), "{out:?}");
 }
@@ -265,11 +252,7 @@ async fn watermark_alignment_ignores_silent_and_ended_channels() {
     while ready(&mut gate).is_some() {}
     tx0.send(Ok(Element::Watermark(5_000))).await.unwrap();
     tx0.send(Ok(batch(3))).await.unwrap();
-    let mut rows = Vec::new();
-    while let Some(e) = ready(&mut gate) {
-        rows.extend(value(&e));
-    }
-    assert_eq!(rows, [3], "nothing holds a back");
+    assert_eq!(drain(&mut gate), ["v3"], "nothing holds a back");
     assert_eq!(gate.alignment_holds(), 0);
     drop(tx2);
 }

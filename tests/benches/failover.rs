@@ -26,7 +26,7 @@
 use anyhow::Context;
 use eddy_sdk::rest::JobState;
 use eddy_tests::Cluster;
-use eddy_tests::ha::{group, newest_checkpoint, start_job, wait_settled};
+use eddy_tests::ha::{group, newest_checkpoint, start_job, wait_caught_up, wait_settled};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,16 +232,7 @@ async fn round(cluster: &mut Cluster, job: &str, samples: &Samples) -> anyhow::R
 
     let reattach_ms = reattached(cluster, killed_ms).unwrap_or(-1);
     cluster.jms[old].restart()?;
-    let back = cluster.client_of(old);
-    wait_settled(cluster, "the restarted JobManager caught up", || {
-        let (back, client, job) = (back.clone(), client.clone(), job.to_string());
-        async move {
-            let target = newest_checkpoint(&client, &job).await?.unwrap_or(0);
-            let there = newest_checkpoint(&back, &job).await?.unwrap_or(0);
-            anyhow::Ok(there >= target && target > after)
-        }
-    })
-    .await?;
+    wait_caught_up(cluster, old, &client, job, after).await?;
     cluster
         .wait_for_job_state(&probe, JobState::Finished, Duration::from_secs(60))
         .await?;

@@ -89,6 +89,28 @@ pub async fn newest_checkpoint(client: &Client, job: &str) -> anyhow::Result<Opt
         .max())
 }
 
+/// Waits until JobManager `jms[back]`, restarted on its data dir, holds the
+/// newest checkpoint of `job` that `leader` holds, and that one is past
+/// `after` (so checkpoints went on while it was away).
+pub async fn wait_caught_up(
+    cluster: &Cluster,
+    back: usize,
+    leader: &Client,
+    job: &str,
+    after: u64,
+) -> anyhow::Result<()> {
+    let back = cluster.client_of(back);
+    wait_settled(cluster, "the restarted JobManager caught up", || {
+        let (back, leader) = (back.clone(), leader.clone());
+        async move {
+            let target = newest_checkpoint(&leader, job).await?.unwrap_or(0);
+            let there = newest_checkpoint(&back, job).await?.unwrap_or(0);
+            anyhow::Ok(there >= target && target > after)
+        }
+    })
+    .await
+}
+
 /// [`Cluster::wait_until`] (bounded by [`WAIT`]) for a check that may meet
 /// a node still settling (just resumed, restarted, or between leaders): an
 /// error counts as "not yet".

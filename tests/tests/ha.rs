@@ -14,8 +14,8 @@
 
 use eddy_sdk::rest::JobState;
 use eddy_tests::ha::{
-    assert_stale_term_refused, before, finish, group, newest_checkpoint, stale_refusals, start_job,
-    subtasks, term, untouched, wait_settled, wait_stepped_down,
+    assert_stale_term_refused, before, finish, group, stale_refusals, start_job, subtasks, term,
+    untouched, wait_caught_up, wait_stepped_down,
 };
 use tracing::info;
 
@@ -54,16 +54,7 @@ async fn leader_sigkill_restarts_no_task_and_checkpoints_resume() -> anyhow::Res
 
     info!("--- restart the killed JobManager on its data dir");
     cluster.jms[old].restart()?;
-    let (back, leader) = (cluster.client_of(old), cluster.client_of(new));
-    wait_settled(cluster, "the restarted JobManager caught up", || {
-        let (back, leader, job) = (back.clone(), leader.clone(), job.clone());
-        async move {
-            let target = newest_checkpoint(&leader, &job).await?.unwrap_or(0);
-            let there = newest_checkpoint(&back, &job).await?.unwrap_or(0);
-            anyhow::Ok(there >= target && target > resumed)
-        }
-    })
-    .await?;
+    wait_caught_up(cluster, old, &cluster.client_of(new), &job, resumed).await?;
     let detail = cluster.client_of(old).job(&job).await?;
     assert_eq!(subtasks(&detail), before.subtasks);
 
